@@ -1,0 +1,46 @@
+"""Houlsby-style bottleneck adapters (Houlsby et al., 2019), one module per task.
+
+Two adapters per layer, after the attention output projection and after the feed-forward
+output projection, each before its residual and LayerNorm: x -> x + W_up g(W_down x).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from palbert.layers.config import ModuleConfig
+from palbert.layers.pal import _ACT, reset_parameters
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, hidden_size: int, m: int, activation: str) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden_size, m)
+        self.up = nn.Linear(m, hidden_size)
+        self.act = _ACT[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x)))  # the caller adds x
+
+
+class Adapter(nn.Module):
+    """One task's adapters. Parameters per layer: 2 * (2*H*m + m + H)."""
+
+    def __init__(self, config: ModuleConfig, hidden_size: int, layers) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_ids = [int(i) for i in layers]
+        H, m, act = hidden_size, config.size, config.activation
+        self.attention = nn.ModuleDict({str(i): Bottleneck(H, m, act) for i in self.layer_ids})
+        self.ffn = nn.ModuleDict({str(i): Bottleneck(H, m, act) for i in self.layer_ids})
+        ups = [b.up for b in [*self.attention.values(), *self.ffn.values()]]
+        reset_parameters(self, config.init, outputs=ups)
+
+    def attention_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor):
+        """The adapter's addition to the attention output projection's result x."""
+        return self.attention[str(layer)](x) if layer in self.layer_ids else None
+
+    def ffn_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor):
+        """The adapter's addition to the feed-forward output projection's result x."""
+        return self.ffn[str(layer)](x) if layer in self.layer_ids else None

@@ -1,0 +1,103 @@
+"""Projected Attention Layers (Stickland & Murray, ICML 2019), one module per task.
+
+For layer l with input h (batch, seq, H) the task-specific term joining the layer's final
+residual is
+
+    TS(h) = V^D  MHA_l( V^E h )
+
+V^E: H -> d_pal and V^D: d_pal -> H are shared across all layers (``shared=True``, the paper's
+choice); MHA_l is a per-layer multi-head self-attention in d_pal dimensions with Q/K/V of
+d_pal x d_pal, the encoder's own padding mask and no output projection (V^D plays that role).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from palbert.layers.config import ModuleConfig
+
+_ACT = {"none": nn.Identity, "gelu": nn.GELU, "relu": nn.ReLU}
+
+
+class LowDimAttention(nn.Module):
+    """MHA_{t,l}: self-attention inside the d_pal space, no output projection."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d)
+        self.value = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, heads, T, d/heads)
+            return t.view(B, T, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        # mask: (B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend"
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool())
+        return y.transpose(1, 2).reshape(B, T, d)
+
+
+class PAL(nn.Module):
+    """One task's PALs for every injected layer.
+
+    >>> pal = PAL(ModuleConfig(kind="pal").resolved(768), hidden_size=768, layers=range(12))
+    >>> sum(p.numel() for p in pal.parameters())
+    1819836
+    """
+
+    def __init__(self, config: ModuleConfig, hidden_size: int, layers) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_ids = [int(i) for i in layers]
+        d, H = config.size, hidden_size
+        if config.shared:
+            self.V_E = nn.Linear(H, d)
+            self.V_D = nn.Linear(d, H)
+        else:
+            self.V_E = nn.ModuleDict({str(i): nn.Linear(H, d) for i in self.layer_ids})
+            self.V_D = nn.ModuleDict({str(i): nn.Linear(d, H) for i in self.layer_ids})
+        self.attn = nn.ModuleDict(
+            {str(i): LowDimAttention(d, config.heads) for i in self.layer_ids}
+        )
+        self.act = _ACT[config.activation]()
+        # Progressive depth: layers whose PAL is switched on (all unless a schedule says so).
+        self.active: set[int] = set(self.layer_ids)
+        reset_parameters(self, config.init, outputs=self._outputs())
+
+    def _outputs(self) -> list[nn.Linear]:
+        return [self.V_D] if self.config.shared else list(self.V_D.values())
+
+    def set_progress(self, step: int, epoch: int) -> None:
+        """Switch on the PALs of the top layers that the progressive schedule allows."""
+        prog = self.config.progressive
+        if prog is None:
+            return
+        n = prog.num_active(step, epoch, len(self.layer_ids))
+        self.active = set(sorted(self.layer_ids)[-n:]) if n > 0 else set()
+
+    def residual(self, layer: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """TS(h) for this layer, or None where no PAL is active."""
+        if layer not in self.active:
+            return None
+        key = str(layer)
+        V_E = self.V_E if self.config.shared else self.V_E[key]
+        V_D = self.V_D if self.config.shared else self.V_D[key]
+        return self.act(V_D(self.attn[key](V_E(h), mask)))
+
+
+def reset_parameters(module: nn.Module, init: str, outputs: list[nn.Linear]) -> None:
+    """Weights from N(0, 0.02), biases zero; under init="zero" the output maps are zero too."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+    if init == "zero":
+        for m in outputs:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)

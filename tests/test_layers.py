@@ -1,0 +1,110 @@
+"""PAL, low-rank and adapter modules: exact sizes, the paper's formula, identity at init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from palbert import ModuleConfig, PalBert
+from palbert.layers import PAL, Adapter, LowRank, build_module, default_size
+
+BERT_BASE = dict(H=768, L=12)
+BERT_BASE_WITH_POOLER = 109_482_240  # bert-base-uncased as the paper counts it
+
+
+class CLSHead(nn.Module):
+    encoding = "single"
+    needs_hidden_states = False
+
+    def __init__(self, hidden: int, n: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, n)
+
+    def forward(self, features):
+        return self.linear(features[0].last_hidden_state[:, 0])
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_default_sizes_follow_the_documented_rule():
+    assert default_size("pal", 768) == 204
+    assert default_size("pal", 384) == 102
+    cfg = ModuleConfig().resolved(768)
+    assert (cfg.size, cfg.heads, cfg.shared) == (204, 6, True)
+
+
+def test_pal_parameter_count_matches_the_paper_exactly():
+    pal = build_module(ModuleConfig(kind="pal"), 768, 12)
+    assert isinstance(pal, PAL)
+    assert n_params(pal.V_E) == 156_876
+    assert n_params(pal.V_D) == 157_440
+    assert n_params(pal) == 1_819_836 == 156_876 + 157_440 + 12 * 3 * (204**2 + 204)
+
+
+def test_eight_pal_tasks_on_bert_base_cost_x1133():
+    model = PalBert.from_pretrained("random:bert-base")
+    for i in range(8):
+        model.add_task(f"t{i}", CLSHead(768, 2))
+    r = model.parameter_report()
+    assert r["backbone"] == 108_891_648  # BertModel without the unused pooler
+    assert all(t["module"] == 1_819_836 for t in r["tasks"].values())
+    assert r["modules"] == 8 * 1_819_836
+    assert r["kinds"] == {"pal": 8 * 1_819_836}
+    assert r["tasks"]["t0"]["head"] == 768 * 2 + 2
+    # The paper's x1.13 counts bert-base with its pooler.
+    assert round((BERT_BASE_WITH_POOLER + r["modules"]) / BERT_BASE_WITH_POOLER, 3) == 1.133
+    assert round(r["multiple"], 3) == 1.134
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_low_rank_and_adapter_counts_match_closed_forms(shared):
+    H, L = BERT_BASE["H"], BERT_BASE["L"]
+    r = 100
+    lr = build_module(ModuleConfig(kind="low_rank", size=r, shared=shared), H, L)
+    assert isinstance(lr, LowRank)
+    per = H * r + r + r * H + H
+    assert n_params(lr) == (per if shared else L * per)
+    m = 64
+    ad = build_module(ModuleConfig(kind="adapter", size=m), H, L)
+    assert isinstance(ad, Adapter)
+    assert n_params(ad) == L * 2 * (2 * H * m + m + H)
+
+
+def test_unshared_pal_and_layer_subset_counts():
+    d, H = 204, 768
+    attn = 3 * (d * d + d)
+    unshared = build_module(ModuleConfig(kind="pal", shared=False), H, 12)
+    assert n_params(unshared) == 12 * (H * d + d + d * H + H + attn)
+    subset = build_module(ModuleConfig(kind="pal", layers=[9, 10, 11]), H, 12)
+    assert n_params(subset) == H * d + d + d * H + H + 3 * attn
+    with pytest.raises(ValueError, match="out of range"):
+        build_module(ModuleConfig(kind="pal", layers=[12]), H, 12)
+
+
+def test_pal_is_the_papers_formula():
+    """TS(h) = V^D MHA(V^E h) against a float64 hand computation."""
+    torch.manual_seed(0)
+    cfg = ModuleConfig(kind="pal", size=12, heads=3, init="normal").resolved(16)
+    pal = PAL(cfg, 16, range(2)).double()
+    h = torch.randn(2, 5, 16, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    got = pal.residual(1, h, mask)
+    x = pal.V_E(h)
+    att = pal.attn["1"]
+    q, k, v = (f(x).view(2, 5, 3, 4).transpose(1, 2) for f in (att.query, att.key, att.value))
+    scores = q @ k.transpose(-1, -2) / 2.0  # sqrt(4)
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 12)
+    torch.testing.assert_close(got, pal.V_D(y), rtol=0, atol=1e-12)
+
+
+def test_bad_configs_are_refused_with_the_key():
+    with pytest.raises(ValueError, match="module.kind"):
+        ModuleConfig(kind="lora")
+    with pytest.raises(ValueError, match="divisible"):
+        ModuleConfig(kind="pal", size=100, heads=6).resolved(768)
+    with pytest.raises(ValueError, match="unknown module key"):
+        ModuleConfig.from_dict({"knd": "pal"})
