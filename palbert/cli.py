@@ -1,0 +1,69 @@
+"""The ``palbert`` command: a thin layer over the library.
+
+    palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume]
+    palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16]
+    palbert eval / predict ...
+    palbert plot RUN_DIR
+    palbert params --backbone minilm --module pal
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from palbert import __version__
+
+
+def _params(args: argparse.Namespace) -> int:
+    from palbert import ModuleConfig, PalBert, format_report
+    from palbert.tasks.heads import build_head
+
+    model = PalBert.from_pretrained(args.backbone, module=ModuleConfig(kind=args.module))
+    for i in range(args.tasks):
+        model.add_task(f"task{i}", build_head({}, model.info.hidden_size, num_labels=2))
+    print(format_report(model.parameter_report()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="palbert",
+        description="Multi-task fine-tuning of BERT encoders with Projected Attention Layers.",
+    )
+    parser.add_argument("--version", action="version", version=f"palbert {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # Each part of palbert registers its own subcommands.
+    for module in ("palbert.training.cli", "palbert.export"):
+        try:
+            add_commands = __import__(module, fromlist=["add_commands"]).add_commands
+        except ImportError:  # TODO(before release): import directly once both parts exist
+            continue
+        add_commands(sub)
+
+    p = sub.add_parser("params", help="print the parameter report of a model")
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--module", default="pal", choices=["pal", "low_rank", "adapter", "none"])
+    p.add_argument("--tasks", type=int, default=4)
+    p.set_defaults(func=_params)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    from palbert.backbones import BackboneError
+
+    try:
+        return int(args.func(args) or 0)
+    except BackboneError as e:
+        print(f"palbert: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
