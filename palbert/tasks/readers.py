@@ -1,0 +1,426 @@
+"""Reading task files strictly: CS224N TSV, CSV/TSV, JSONL and Hugging Face datasets.
+
+No torch here. Two layers:
+
+- :func:`read_records` turns a file into ``Record(line, values, problem)``: one per data row,
+  with the row's first physical line number (the header is line 1) and its fields by column
+  name, or a ``problem`` when the row cannot be split into fields (broken quoting, wrong
+  number of fields, invalid JSON).
+- :func:`parse_examples` checks records against a :class:`TaskSpec` (text present and
+  non-empty, label parsable and in range) and returns :class:`Example` rows plus the
+  ``(file, line, reason)`` of every bad one.
+
+::
+
+    records = read_records("ids-sst-dev.csv")
+    result = parse_examples(records, spec, "dev", labels=["0", "1", "2", "3", "4"])
+    result.examples[0].text_a, result.problems
+
+Broken quoting: with ``multiline`` off (the default) every physical line is parsed on its own,
+so a quote that is never closed damages only its own row, which is reported, instead of
+silently swallowing the rows after it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from palbert.tasks.errors import DataError
+from palbert.tasks.spec import DatasetSpec, TaskSpec, canonical_label
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long reviews (CFIMDB) exceed 128 KiB rarely
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One checked row. ``label`` is the class id (classification), the float score
+    (regression) or None (unlabelled split); ``line`` is the row's line in its file."""
+
+    id: str
+    text_a: str
+    text_b: str | None
+    label: int | float | None
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One raw row: fields by column name, or the reason it could not be split."""
+
+    line: int
+    values: dict[str, Any] | None
+    problem: str | None = None
+
+
+@dataclass
+class Table:
+    """A file's column names and records (``columns`` is None for JSONL without rows)."""
+
+    source: str
+    columns: list[str]
+    records: list[Record]
+    fingerprint: str | None = None  # set for Hugging Face datasets (their cache fingerprint)
+
+
+@dataclass
+class ParseResult:
+    examples: list[Example]
+    problems: list[tuple[str, int, str]] = field(default_factory=list)
+    labelled: bool = True
+
+
+def detect_format(path: str | Path, fmt: str = "auto") -> str:
+    """``tsv``, ``csv`` or ``jsonl`` for a file: by ``fmt``, the extension, then the header
+    (a tab in the first line means tab-separated, as in the CS224N ``.csv`` files)."""
+    if fmt == "cs224n":
+        return "tsv"
+    if fmt != "auto":
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        first = fh.readline()
+    return "tsv" if "\t" in first else "csv"
+
+
+def read_records(path: str | Path, fmt: str = "auto", multiline: bool = False) -> Table:
+    """Read a CSV/TSV/JSONL file into records (no checks beyond splitting rows into fields).
+
+    Missing file -> :class:`DataError` naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    kind = detect_format(path, fmt)
+    if kind == "jsonl":
+        return _read_jsonl(path)
+    return _read_delimited(path, "\t" if kind == "tsv" else ",", multiline)
+
+
+def _read_delimited(path: Path, delimiter: str, multiline: bool) -> Table:
+    opts = dict(delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
+    records: list[Record] = []
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        if multiline:
+            rows = _stream_rows(fh, opts)
+        else:
+            rows = _line_rows(fh, opts, delimiter)
+        try:
+            header_line, header, problem = next(rows)
+        except StopIteration:
+            raise DataError(f"{path}: the file is empty (no header line)") from None
+        if problem is not None or header is None:
+            raise DataError(f"{path}:{header_line} cannot read the header: {problem}")
+        columns = list(header)
+        n = len(columns)
+        for line, row, problem in rows:
+            if problem is not None:
+                records.append(Record(line, None, problem))
+            elif len(row) != n:
+                what = "missing field" if len(row) < n else "extra field"
+                records.append(
+                    Record(
+                        line,
+                        None,
+                        f"{what}: expected {n} fields ({_cols(columns)}), found {len(row)}",
+                    )
+                )
+            else:
+                records.append(Record(line, dict(zip(columns, row, strict=True))))
+    return Table(str(path), columns, records)
+
+
+def _cols(columns: list[str]) -> str:
+    return ", ".join(repr(c) for c in columns)
+
+
+def _line_rows(
+    fh: Iterable[str], opts: dict, delimiter: str
+) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    # One csv parse per physical line: broken quoting cannot merge rows.
+    for lineno, line in enumerate(fh, start=1):
+        if not line.strip("\r\n"):
+            continue  # blank lines (a trailing one is common) carry no row
+        try:
+            row = next(csv.reader((line,), **opts))
+        except csv.Error as e:
+            msg = str(e)
+            if "unexpected end of data" in msg:
+                msg = "broken quoting: a quoted field is not closed on its line"
+            else:
+                msg = f"broken quoting: {msg}"
+            yield lineno, None, msg
+            continue
+        bad = next(
+            (c for c in row if "\n" in c or "\r" in c or (delimiter == "\t" and "\t" in c)), None
+        )
+        if bad is not None:
+            yield lineno, None, "broken quoting: a quoted field holds a tab or line break"
+            continue
+        yield lineno, row, None
+
+
+def _stream_rows(
+    fh: Iterable[str], opts: dict
+) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    # multiline: quoted fields may span lines; report each record at its first line.
+    reader = csv.reader(fh, **opts)
+    last = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield last + 1, None, f"broken quoting: {e} (lines {last + 1}-{reader.line_num})"
+            if reader.line_num == last:
+                return
+            last = reader.line_num
+            continue
+        start, last = last + 1, reader.line_num
+        if row:
+            yield start, row, None
+
+
+def _read_jsonl(path: Path) -> Table:
+    records: list[Record] = []
+    columns: dict[str, None] = {}  # insertion-ordered set
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                records.append(Record(lineno, None, f"invalid JSON: {e.msg} at column {e.colno}"))
+                continue
+            if not isinstance(obj, dict):
+                records.append(
+                    Record(lineno, None, f"expected a JSON object, found {type(obj).__name__}")
+                )
+                continue
+            columns.update(dict.fromkeys(obj))
+            records.append(Record(lineno, obj))
+    return Table(str(path), list(columns), records)
+
+
+def read_hf_dataset(ds_spec: DatasetSpec, split: str) -> Table:
+    """Load one split of a Hugging Face dataset as records (line = row index + 1).
+
+    Offline, or when the hub cannot be reached and the dataset is not cached, raises
+    :class:`DataError` saying so and how to use local files instead.
+    """
+    if split not in ds_spec.splits:
+        raise DataError(
+            f"dataset {ds_spec.name!r} has no split mapped to {split!r}; "
+            f"dataset.splits maps {sorted(ds_spec.splits)}"
+        )
+    hf_split = ds_spec.splits[split]
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets is a dependency
+        raise DataError("reading a Hugging Face dataset needs the 'datasets' package") from e
+    label = f"{ds_spec.name}" + (f"/{ds_spec.config}" if ds_spec.config else "")
+    try:
+        ds = datasets.load_dataset(
+            ds_spec.name, ds_spec.config, split=hf_split, revision=ds_spec.revision
+        )
+    except Exception as e:
+        offline = _hf_offline()
+        why = (
+            "the Hugging Face hub is unreachable (offline mode is on: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)"
+            if offline
+            else "the Hugging Face hub is unreachable or the dataset does not exist"
+        )
+        raise DataError(
+            f"cannot load Hugging Face dataset {label!r} split {hf_split!r}: {why}, and it is not "
+            f"in the local datasets cache ({type(e).__name__}: {_first_line(e)}).\n"
+            f"Use local files instead: export the split once where the hub is reachable, e.g. "
+            f"datasets.load_dataset({ds_spec.name!r}, {ds_spec.config!r}, split={hf_split!r})"
+            f".to_json('{split}.jsonl'), then give the task files: {{{split}: {split}.jsonl}} "
+            f"(CSV/TSV/JSONL, paths relative to the data folder) instead of dataset:."
+        ) from e
+    columns = list(ds.column_names)
+    names: dict[str, list[str]] = {}
+    for col, feat in ds.features.items():
+        if type(feat).__name__ == "ClassLabel":
+            names[col] = list(feat.names)
+    records = []
+    for i, row in enumerate(ds):
+        values = dict(row)
+        for col, ns in names.items():
+            v = values.get(col)
+            if isinstance(v, int) and 0 <= v < len(ns):
+                values[col] = ns[v]
+        records.append(Record(i + 1, values))
+    table = Table(
+        f"{label}[{hf_split}]", columns, records, fingerprint=getattr(ds, "_fingerprint", None)
+    )
+    table.class_names = names  # type: ignore[attr-defined]
+    return table
+
+
+def _hf_offline() -> bool:
+    on = ("1", "true", "yes", "on")
+    return any(
+        os.environ.get(v, "").lower() in on for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else ""
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def parse_examples(
+    table: Table,
+    spec: TaskSpec,
+    split: str,
+    labels: list[str] | tuple[str, ...] | None = None,
+) -> ParseResult:
+    """Check a table's records against the spec; bad rows go to ``problems``, never dropped
+    silently. Raises :class:`DataError` for a missing column (not a per-row problem).
+
+    ``labels`` are the class names in id order (classification); regression uses
+    ``spec.label_range``. A split whose name starts with "test" may lack the label column.
+    """
+    src = table.source
+    cols = table.columns
+    needed = list(spec.text)
+    if spec.id is not None:
+        needed.append(spec.id)
+    for col in needed:
+        if col not in cols:
+            raise DataError(f"{src}: {_missing_col(col, spec, cols)}")
+    labelled = spec.label is not None and spec.label in cols
+    if spec.label is not None and not labelled and not split.startswith("test"):
+        raise DataError(
+            f"{src}: {_missing_col(spec.label, spec, cols)} (only test splits may be unlabelled)"
+        )
+    id_col = spec.id if spec.id is not None else ("id" if "id" in cols else None)
+    if spec.kind == "classification":
+        if labels is None:
+            raise DataError(
+                f"task {spec.name!r}: label names are unknown (no labels and no train split)"
+            )
+        label_ids = {name: i for i, name in enumerate(labels)}
+    lo, hi = spec.label_range or (-math.inf, math.inf)
+    pair = spec.pair
+
+    examples: list[Example] = []
+    problems: list[tuple[str, int, str]] = []
+    seen: dict[str, int] = {}
+    for rec in table.records:
+        if rec.values is None:
+            problems.append((src, rec.line, rec.problem or "unreadable row"))
+            continue
+        v = rec.values
+        reasons = []
+        texts = []
+        for col in spec.text:
+            if col not in v:
+                reasons.append(f"missing field {col!r}")
+                texts.append(None)
+                continue
+            t = _text(v[col])
+            if t is None or not t.strip():
+                reasons.append(f"empty text in {col!r}")
+            texts.append(t)
+        label: int | float | None = None
+        if labelled:
+            raw = v.get(spec.label)
+            rs = _text(raw)
+            if spec.label not in v:
+                reasons.append(f"missing field {spec.label!r}")
+            elif rs is None or not rs.strip():
+                reasons.append(f"missing label in {spec.label!r}")
+            elif spec.kind == "classification":
+                c = canonical_label(rs)
+                if c not in label_ids:
+                    reasons.append(
+                        f"unknown label {rs!r} in {spec.label!r} (labels: {', '.join(labels)})"
+                    )
+                else:
+                    label = label_ids[c]
+            else:
+                try:
+                    f = float(rs)
+                except ValueError:
+                    reasons.append(f"unparsable label {rs!r} in {spec.label!r} (expected a number)")
+                else:
+                    if not math.isfinite(f):
+                        reasons.append(f"unparsable label {rs!r} in {spec.label!r} (not finite)")
+                    elif not lo <= f <= hi:
+                        reasons.append(
+                            f"label {rs!r} in {spec.label!r} out of range [{lo:g}, {hi:g}]"
+                        )
+                    else:
+                        label = f
+        if id_col is not None:
+            ident = _text(v.get(id_col))
+            if ident is None or not ident.strip():
+                reasons.append(f"empty id in {id_col!r}")
+            else:
+                ident = ident.strip()
+        else:
+            ident = str(rec.line)
+        if not reasons and ident in seen:
+            reasons.append(f"duplicate id {ident!r} (first at line {seen[ident]})")
+        if reasons:
+            problems.append((src, rec.line, "; ".join(reasons)))
+            continue
+        seen[ident] = rec.line
+        examples.append(Example(ident, texts[0], texts[1] if pair else None, label, rec.line))
+    return ParseResult(examples, problems, labelled)
+
+
+def _missing_col(col: str, spec: TaskSpec, columns: list[str]) -> str:
+    import difflib
+
+    role = "text" if col in spec.text else ("label" if col == spec.label else "id")
+    close = difflib.get_close_matches(col, [c for c in columns if c], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown column {col!r} (the task's {role} column); the file has columns [{_cols(columns)}]{hint}"
+
+
+def infer_labels(tables: Iterable[Table], spec: TaskSpec) -> list[str]:
+    """Label names for a classification task without declared labels: every distinct value
+    of the label column, canonicalized and sorted (numerically when all are numbers)."""
+    from palbert.tasks.spec import sort_labels
+
+    values: set[str] = set()
+    for table in tables:
+        class_names = getattr(table, "class_names", {}).get(spec.label)
+        if class_names:  # a Hugging Face ClassLabel: its declared order is the truth
+            return [canonical_label(n) for n in class_names]
+        for rec in table.records:
+            if rec.values is None:
+                continue
+            raw = _text(rec.values.get(spec.label))
+            if raw is not None and raw.strip():
+                values.add(canonical_label(raw))
+    if len(values) < 2:
+        raise DataError(
+            f"task {spec.name!r}: found {len(values)} distinct label(s) in column {spec.label!r}; "
+            "a classification task needs at least two (or declare labels:)"
+        )
+    return sort_labels(values)

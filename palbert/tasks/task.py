@@ -1,0 +1,452 @@
+"""A task: its spec plus everything that acts on it (read, batch, head, loss, metrics).
+
+::
+
+    task = build_task("sst", data_dir="../shared/data/cs224n")
+    rows = task.read("dev")                                   # strict: bad rows raise
+    loader = task.batches("train", tokenizer, batch_size=32, shuffle=True, seed=0, epoch=0)
+    head = task.build_head(384)
+    loss = task.loss(head([encoded]), batch["labels"])
+    scores = task.evaluate(task.predict(logits), labels)     # {"accuracy": ...}
+
+Torch is imported only by the methods that need it, so reading and checking data works
+without it (``palbert.tasks.readers`` and ``palbert.tasks.spec`` never import it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from palbert.tasks.errors import DataError, format_problems
+from palbert.tasks.readers import (
+    Example,
+    ParseResult,
+    Table,
+    infer_labels,
+    parse_examples,
+    read_hf_dataset,
+    read_records,
+)
+from palbert.tasks.spec import BUILTIN_SPECS, TaskSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from palbert.tasks.batching import Batches, TokenizedSplit
+
+log = logging.getLogger("palbert.tasks")
+
+DEFAULT_MAX_LENGTH = 128
+DEFAULT_BATCH_SIZE = 32
+ON_ERROR = ("raise", "skip")
+
+
+class DataWarning(UserWarning):
+    """Rows were skipped (``on_error="skip"``); the message says how many and which."""
+
+
+BUILTIN_TASKS: Mapping[str, TaskSpec] = types.MappingProxyType(
+    {name: TaskSpec.from_dict({"name": name}) for name in BUILTIN_SPECS}
+)
+
+
+class Task:
+    """One task bound to a data folder. Build with :func:`build_task`.
+
+    Attributes mirror the spec (``name``, ``kind``, ``pair``, ``encoding``, ``label_range``,
+    ``metrics``, ``primary_metric``) plus the resolved ``labels`` / ``num_labels``.
+    ``skipped`` lists ``(file, line, reason)`` of rows the last read skipped.
+    """
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        data_dir: str | Path | None = None,
+        cache_dir: str | Path | bool | None = None,
+    ) -> None:
+        self.spec = spec
+        if data_dir is None:
+            data_dir = os.environ.get("PALBERT_DATA_DIR")
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        # cache_dir: None -> the default folder, False -> no disk cache, else that folder
+        self._cache_dir_arg = cache_dir
+        self.skipped: list[tuple[str, int, str]] = []
+        self.skipped_by_split: dict[str, list[tuple[str, int, str]]] = {}
+        self._labels: list[str] | None = list(spec.labels) if spec.labels is not None else None
+        self._tables: dict[str, Table] = {}
+        self._memory: dict[tuple, TokenizedSplit] = {}
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, kind={self.kind!r}, encoding={self.encoding!r}, splits={self.splits()})"
+
+    # -- what the task is ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def pair(self) -> bool:
+        return self.spec.pair
+
+    @property
+    def encoding(self) -> str:
+        return self.spec.encoding
+
+    @property
+    def label_range(self) -> tuple[float, float] | None:
+        return self.spec.label_range
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.spec.metrics
+
+    @property
+    def primary_metric(self) -> str:
+        return self.spec.primary_metric
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in id order ([] for regression). Undeclared ones are inferred from the
+        train split (sorted) the first time they are needed."""
+        if self.kind == "regression":
+            return []
+        if self._labels is None:
+            splits = self.splits()
+            source = ["train"] if "train" in splits else splits[:1]
+            if not source:
+                raise DataError(
+                    f"task {self.name!r}: no data to infer labels from; declare labels:"
+                )
+            self._labels = infer_labels([self._table(s) for s in source], self.spec)
+        return list(self._labels)
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.kind == "regression" else len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a mapping with the labels resolved, for run folders and exports."""
+        d = self.spec.to_dict()
+        if self.kind == "classification":
+            d["labels"] = self.labels
+            d["num_labels"] = len(d["labels"])
+        return d
+
+    # -- files ----------------------------------------------------------------------------
+    def splits(self) -> list[str]:
+        """Splits that can be read: those whose file exists (or all of a dataset's splits)."""
+        if self.spec.dataset is not None:
+            return list(self.spec.dataset.splits)
+        return [s for s in self.spec.files if self.path(s).is_file()]
+
+    def path(self, split: str) -> Path:
+        """The file of ``split``: absolute, or relative to the data folder."""
+        if split not in self.spec.files:
+            raise DataError(
+                f"task {self.name!r} has no split {split!r}; its splits are {', '.join(self.spec.files)}"
+            )
+        p = Path(self.spec.files[split]).expanduser()
+        if not p.is_absolute() and self.data_dir is not None:
+            p = self.data_dir / p
+        return p
+
+    def _check_file(self, split: str) -> Path:
+        p = self.path(split)
+        if not p.is_file():
+            where = (
+                f"data folder {self.data_dir}"
+                if self.data_dir is not None
+                else "the current folder"
+            )
+            hint = ""
+            if self.name in BUILTIN_SPECS and self.spec.files.get(split) == BUILTIN_SPECS[
+                self.name
+            ]["files"].get(split):
+                hint = (
+                    f"; the built-in task {self.name!r} expects the CS224N file "
+                    f"{self.spec.files[split]!r} in the data folder (data_dir=..., or files: to override)"
+                )
+            raise DataError(
+                f"task {self.name!r} split {split!r}: data file not found: {p} (relative paths are under {where}){hint}"
+            )
+        return p
+
+    def _table(self, split: str) -> Table:
+        if split in self._tables:
+            return self._tables[split]
+        if self.spec.dataset is not None:
+            table = read_hf_dataset(self.spec.dataset, split)
+        else:
+            table = read_records(self._check_file(split), self.spec.format, self.spec.multiline)
+        self._tables[split] = table
+        return table
+
+    def _parse(self, split: str) -> ParseResult:
+        labels = self.labels if self.kind == "classification" else None
+        table = self._table(split)
+        try:
+            return parse_examples(table, self.spec, split, labels)
+        finally:
+            self._tables.pop(split, None)  # raw rows are not needed once parsed
+
+    def _report(self, split: str, problems: list[tuple[str, int, str]], on_error: str) -> None:
+        self.skipped = list(problems)
+        self.skipped_by_split[split] = list(problems)
+        if not problems:
+            return
+        files = sorted({f for f, _, _ in problems})
+        head = (
+            f"task {self.name!r} split {split!r}: {len(problems)} bad row(s) in {', '.join(files)}"
+        )
+        if on_error == "raise":
+            raise DataError(
+                f"{head}:\n{format_problems(problems)}\n"
+                "Fix the file, or pass on_error='skip' to skip these rows (they are then reported).",
+                problems,
+            )
+        msg = f"{head} skipped:\n{format_problems(problems)}"
+        log.warning(msg)
+        warnings.warn(msg, DataWarning, stacklevel=3)
+
+    @staticmethod
+    def _check_on_error(on_error: str) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+
+    def read(self, split: str, on_error: str = "raise") -> list[Example]:
+        """The checked rows of ``split``. Strict by default: any bad row raises
+        :class:`DataError` listing every bad row (file:line reason, the first 20 shown).
+        ``on_error="skip"`` drops them, records them in ``task.skipped`` and warns."""
+        self._check_on_error(on_error)
+        result = self._parse(split)
+        self._report(split, result.problems, on_error)
+        return result.examples
+
+    # -- tokens and batches ---------------------------------------------------------------
+    def cache_dir(self) -> Path | None:
+        from palbert.tasks.batching import default_cache_dir
+
+        arg = self._cache_dir_arg
+        if arg is False:
+            return None
+        if arg is None or arg is True:
+            return default_cache_dir()
+        return Path(arg)
+
+    def tokenized(
+        self,
+        split: str,
+        tokenizer: Any,
+        max_length: int | None = None,
+        on_error: str = "raise",
+    ) -> TokenizedSplit:
+        """``split`` tokenized once for this tokenizer and max length, then served from memory
+        and from an on-disk cache keyed by the file's content hash, the tokenizer's vocabulary
+        and rules, ``max_length`` and everything in the spec that changes the rows."""
+        from palbert.tasks import batching as B
+
+        self._check_on_error(on_error)
+        max_length = self._max_length(max_length, tokenizer)
+        tok_key = B.tokenizer_fingerprint(tokenizer)
+        mem_key = (split, tok_key, max_length)
+        data = self._memory.get(mem_key)
+        path = None
+        if data is None:
+            cache_dir = self.cache_dir()
+            if cache_dir is not None:
+                source = self._source_fingerprint(split)
+                if source is not None:
+                    key = B.cache_key(
+                        {
+                            "source": source,
+                            "split_unlabelled_ok": split.startswith("test"),
+                            "spec": self._parse_fields(),
+                            "tokenizer": tok_key,
+                            "max_length": max_length,
+                        }
+                    )
+                    path = cache_dir / f"{self.name}-{split}-{key}.npz"
+                    data = B.load_tokenized(path)
+        if data is None:
+            result = self._parse(split)
+            self._report(split, result.problems, on_error)  # raises before anything is cached
+            dtype = None
+            if result.labelled:
+                dtype = "int64" if self.kind == "classification" else "float32"
+            data = B.tokenize_examples(
+                result.examples, tokenizer, max_length, self.encoding, dtype, result.problems
+            )
+            if path is not None:
+                try:
+                    B.save_tokenized(path, data)
+                except OSError as e:  # a read-only cache is no reason to stop training
+                    log.warning("could not write the token cache %s: %s", path, e)
+        else:
+            self._report(split, data.skipped, on_error)
+        self._memory[mem_key] = data
+        return data
+
+    def _max_length(self, max_length: int | None, tokenizer: Any) -> int:
+        n = max_length or self.spec.max_length or DEFAULT_MAX_LENGTH
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < n:
+            n = limit
+        return int(n)
+
+    def _source_fingerprint(self, split: str) -> str | None:
+        from palbert.tasks.batching import file_fingerprint
+
+        if self.spec.dataset is not None:
+            return self._table(split).fingerprint
+        return file_fingerprint(self._check_file(split))
+
+    def _parse_fields(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "kind": s.kind,
+            "pair": s.pair,
+            "text": list(s.text),
+            "label": s.label,
+            "id": s.id,
+            "labels": self.labels,
+            "label_range": s.label_range,
+            "format": s.format,
+            "multiline": s.multiline,
+            "encoding": s.encoding,
+        }
+
+    def batches(
+        self,
+        split: str,
+        tokenizer: Any,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        max_length: int | None = None,
+        group_by_length: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        on_error: str = "raise",
+    ) -> Batches:
+        """Batches of ``split`` (see :class:`palbert.tasks.batching.Batches`): dynamically
+        padded, ordered from ``(seed, epoch)``, sharded by ``rank``; ``batch_size`` defaults to
+        the spec's, then 32. Call ``loader.set_epoch(e)`` to move to another epoch."""
+        from palbert.tasks.batching import Batches
+
+        data = self.tokenized(split, tokenizer, max_length=max_length, on_error=on_error)
+        return Batches(
+            data,
+            batch_size=batch_size or self.spec.batch_size or DEFAULT_BATCH_SIZE,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            group_by_length=group_by_length,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
+
+    # -- head, loss, predictions, metrics -------------------------------------------------
+    def build_head(self, hidden_size: int) -> nn.Module:
+        """A fresh head for an encoder of ``hidden_size`` (see :mod:`palbert.tasks.heads`)."""
+        from palbert.tasks.heads import build_head
+
+        return build_head(
+            self.spec.head, hidden_size, self.num_labels, self.kind, self.encoding, self.label_range
+        )
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over classes (for two classes this equals binary cross-entropy
+        on the logit difference) or mean squared error for regression."""
+        import torch.nn.functional as F
+
+        if self.kind == "classification":
+            return F.cross_entropy(outputs, labels.long())
+        if outputs.dim() == 2 and outputs.shape[-1] == 1:
+            outputs = outputs.squeeze(-1)
+        return F.mse_loss(outputs.float(), labels.float())
+
+    def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Classification: ``{"label": LongTensor, "probs": FloatTensor}``; regression:
+        ``{"score": FloatTensor}`` (not clipped to the label range)."""
+        import torch
+
+        with torch.no_grad():
+            if self.kind == "classification":
+                probs = outputs.detach().float().softmax(-1)
+                return {"label": probs.argmax(-1), "probs": probs}
+            out = outputs.detach().float()
+            if out.dim() == 2 and out.shape[-1] == 1:
+                out = out.squeeze(-1)
+            return {"score": out}
+
+    def evaluate(self, pred_values: Any, labels: Any) -> dict[str, float]:
+        """The task's metrics over a whole split. ``pred_values``: what :meth:`predict`
+        returned, label ids or scores (tensors, arrays or lists; logits are argmaxed)."""
+        import numpy as np
+
+        from palbert.tasks.metrics import compute_metrics
+
+        if isinstance(pred_values, Mapping):
+            pred_values = pred_values["label" if self.kind == "classification" else "score"]
+        p = _numpy(pred_values)
+        y = _numpy(labels)
+        if self.kind == "classification":
+            if p.ndim == 2:
+                p = p.argmax(-1)
+            p, y = p.astype(np.int64), y.astype(np.int64)
+        else:
+            p, y = p.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
+        return compute_metrics(self.metrics, p, y)
+
+
+def _numpy(x: Any):
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def build_task(
+    spec: str | Mapping[str, Any] | TaskSpec,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | bool | None = None,
+) -> Task:
+    """A :class:`Task` from a built-in name, a recipe mapping or a :class:`TaskSpec`.
+
+    ``data_dir`` (default ``$PALBERT_DATA_DIR``, else the current folder) is where relative
+    file paths point; ``cache_dir`` holds tokenized splits (``False`` disables the disk cache).
+
+    >>> build_task("sts", data_dir="../shared/data/cs224n").kind      # doctest: +SKIP
+    'regression'
+    """
+    if isinstance(spec, TaskSpec):
+        s = spec
+    elif isinstance(spec, str):
+        if spec not in BUILTIN_TASKS:
+            raise DataError(
+                f"unknown task {spec!r}: built-in tasks are {', '.join(BUILTIN_TASKS)}; "
+                "define others as a mapping (name, kind, text, label, files)"
+            )
+        s = BUILTIN_TASKS[spec]
+    elif isinstance(spec, Mapping):
+        s = TaskSpec.from_dict(dict(spec))
+    else:
+        raise TypeError(
+            f"build_task takes a name, a mapping or a TaskSpec, not {type(spec).__name__}"
+        )
+    return Task(s, data_dir=data_dir, cache_dir=cache_dir)
