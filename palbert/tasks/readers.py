@@ -23,6 +23,7 @@ silently swallowing the rows after it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -232,17 +233,21 @@ def read_hf_dataset(ds_spec: DatasetSpec, split: str) -> Table:
     except ImportError as e:  # pragma: no cover - datasets is a dependency
         raise DataError("reading a Hugging Face dataset needs the 'datasets' package") from e
     label = f"{ds_spec.name}" + (f"/{ds_spec.config}" if ds_spec.config else "")
+    offline = _hf_offline()
+    reachable = not offline and _hub_reachable()
     try:
-        ds = datasets.load_dataset(
-            ds_spec.name, ds_spec.config, split=hf_split, revision=ds_spec.revision
-        )
+        # unreachable hub: answer from the local cache at once instead of retrying for minutes
+        with _forced_offline(not reachable):
+            ds = datasets.load_dataset(
+                ds_spec.name, ds_spec.config, split=hf_split, revision=ds_spec.revision
+            )
     except Exception as e:
-        offline = _hf_offline()
-        why = (
-            "the Hugging Face hub is unreachable (offline mode is on: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)"
-            if offline
-            else "the Hugging Face hub is unreachable or the dataset does not exist"
-        )
+        if offline:
+            why = "the Hugging Face hub is unreachable (offline mode is on: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE)"
+        elif not reachable:
+            why = "the Hugging Face hub is unreachable (no connection to huggingface.co)"
+        else:
+            why = "the Hugging Face hub could not provide it (a wrong name, config or split?)"
         raise DataError(
             f"cannot load Hugging Face dataset {label!r} split {hf_split!r}: {why}, and it is not "
             f"in the local datasets cache ({type(e).__name__}: {_first_line(e)}).\n"
@@ -269,6 +274,40 @@ def read_hf_dataset(ds_spec: DatasetSpec, split: str) -> Table:
     )
     table.class_names = names  # type: ignore[attr-defined]
     return table
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _forced_offline(on: bool) -> Iterator[None]:
+    """Flip the offline switches of datasets and huggingface_hub for one call."""
+    if not on:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    switches = [
+        (datasets.config, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_DATASETS_OFFLINE"),
+        (hub, "HF_HUB_OFFLINE"),
+    ]
+    saved = [(m, a, getattr(m, a)) for m, a in switches if hasattr(m, a)]
+    try:
+        for m, a, _ in saved:
+            setattr(m, a, True)
+        yield
+    finally:
+        for m, a, v in saved:
+            setattr(m, a, v)
 
 
 def _hf_offline() -> bool:
