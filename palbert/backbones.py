@@ -165,12 +165,14 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
         # quiet transformers' report about them.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # loading takes well under a second
         try:
             model = BertModel.from_pretrained(
                 folder, add_pooling_layer=False, attn_implementation="sdpa"
             )
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
     else:
         from palbert.minbert import MinBert
 
