@@ -229,6 +229,42 @@ class PalBert(nn.Module):
             "multiple_with_heads": (backbone + modules + heads) / backbone,
         }
 
+    # -- task files (palbert.taskfile) ---------------------------------------------------
+    def load_task(
+        self, path: str, name: str | None = None, replace: bool = False, force: bool = False
+    ) -> str:
+        """Add the task stored in an exported file; returns its name.
+
+        >>> model.load_task("sts.safetensors")  # doctest: +SKIP
+        'sts'
+        """
+        from palbert.taskfile import load_task
+
+        return load_task(self, path, name=name, replace=replace, force=force)
+
+    def unload_task(self, name: str) -> None:
+        """Remove a task (its module, head and spec)."""
+        from palbert.taskfile import unload_task
+
+        unload_task(self, name)
+
+    def save_task(self, name: str, path: str, dtype: str | None = None, spec=None):
+        """Write one task to a safetensors file (see :func:`palbert.taskfile.export_task`)."""
+        from palbert.taskfile import export_task
+
+        return export_task(self, name, path, dtype=dtype, spec=spec)
+
+    def predict(self, task: str, inputs, batch_size: int = 32, device=None) -> list:
+        """Scores (regression) or {label, label_id, probs} (classification) for sentences or
+        (a, b) pairs; batched, in eval mode, without gradients.
+
+        >>> model.predict("sts", [("a cat sits", "a cat is sitting")])  # doctest: +SKIP
+        [4.1]
+        """
+        from palbert.taskfile import predict
+
+        return predict(self, task, inputs, batch_size=batch_size, device=device)
+
 
 def format_report(report: dict) -> str:
     """A readable table of :meth:`PalBert.parameter_report`."""
