@@ -364,3 +364,36 @@ def test_hf_dataset_offline_fails_with_clear_message(tmp_path):
     assert "hub is unreachable" in out.stdout
     assert "stanfordnlp/imdb" in out.stdout
     assert "Use local files instead" in out.stdout and "files:" in out.stdout
+
+
+def test_hf_dataset_rows_and_classlabel_names(monkeypatch):
+    import datasets
+
+    ds = datasets.Dataset.from_dict(
+        {"sentence": ["good", "bad", "  "], "label": [1, 0, 1]},
+        features=datasets.Features(
+            {
+                "sentence": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=["negative", "positive"]),
+            }
+        ),
+    )
+    calls = []
+
+    def fake_load(name, config=None, split=None, revision=None):
+        calls.append((name, config, split))
+        return ds
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr("palbert.tasks.readers._hub_reachable", lambda timeout=3.0: True)
+    task = build_task(
+        {"name": "hf", "text": "sentence", "dataset": {"name": "glue", "config": "sst2"}},
+        cache_dir=False,
+    )
+    assert task.splits() == ["train", "dev", "test"]
+    assert task.labels == ["negative", "positive"]  # the ClassLabel's own order
+    with pytest.warns(DataWarning, match="1 bad row"):
+        rows = task.read("dev", on_error="skip")
+    assert [(r.id, r.text_a, r.label) for r in rows] == [("1", "good", 1), ("2", "bad", 0)]
+    assert task.skipped == [("glue/sst2[validation]", 3, "empty text in 'sentence'")]
+    assert ("glue", "sst2", "validation") in calls

@@ -177,6 +177,8 @@ class HeadSpec:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         d["features"] = list(self.features)
+        if self.pooling != "last_k":  # k and token_pooling mean nothing then
+            del d["k"], d["token_pooling"]
         return d
 
 

@@ -200,7 +200,10 @@ class Task:
         finally:
             self._tables.pop(split, None)  # raw rows are not needed once parsed
 
-    def _report(self, split: str, problems: list[tuple[str, int, str]], on_error: str) -> None:
+    def _report(
+        self, split: str, problems: list[tuple[str, int, str]], on_error: str, again: bool = True
+    ) -> None:
+        # again=False: rows served from memory were reported when first read; stay quiet
         self.skipped = list(problems)
         self.skipped_by_split[split] = list(problems)
         if not problems:
@@ -215,6 +218,8 @@ class Task:
                 "Fix the file, or pass on_error='skip' to skip these rows (they are then reported).",
                 problems,
             )
+        if not again:
+            return
         msg = f"{head} skipped:\n{format_problems(problems)}"
         log.warning(msg)
         warnings.warn(msg, DataWarning, stacklevel=3)
@@ -261,24 +266,14 @@ class Task:
         tok_key = B.tokenizer_fingerprint(tokenizer)
         mem_key = (split, tok_key, max_length)
         data = self._memory.get(mem_key)
-        path = None
-        if data is None:
-            cache_dir = self.cache_dir()
-            if cache_dir is not None:
-                source = self._source_fingerprint(split)
-                if source is not None:
-                    key = B.cache_key(
-                        {
-                            "source": source,
-                            "split_unlabelled_ok": split.startswith("test"),
-                            "spec": self._parse_fields(),
-                            "tokenizer": tok_key,
-                            "max_length": max_length,
-                        }
-                    )
-                    path = cache_dir / f"{self.name}-{split}-{key}.npz"
-                    data = B.load_tokenized(path)
-        if data is None:
+        if data is not None:
+            self._report(split, data.skipped, on_error, again=False)
+            return data
+        path = self._cache_path(split, tok_key, max_length)
+        data = B.load_tokenized(path) if path is not None else None
+        if data is not None:
+            self._report(split, data.skipped, on_error)
+        else:
             result = self._parse(split)
             self._report(split, result.problems, on_error)  # raises before anything is cached
             dtype = None
@@ -292,10 +287,28 @@ class Task:
                     B.save_tokenized(path, data)
                 except OSError as e:  # a read-only cache is no reason to stop training
                     log.warning("could not write the token cache %s: %s", path, e)
-        else:
-            self._report(split, data.skipped, on_error)
         self._memory[mem_key] = data
         return data
+
+    def _cache_path(self, split: str, tok_key: str, max_length: int) -> Path | None:
+        from palbert.tasks.batching import cache_key
+
+        cache_dir = self.cache_dir()
+        if cache_dir is None:
+            return None
+        source = self._source_fingerprint(split)
+        if source is None:
+            return None
+        key = cache_key(
+            {
+                "source": source,
+                "split_unlabelled_ok": split.startswith("test"),
+                "spec": self._parse_fields(),
+                "tokenizer": tok_key,
+                "max_length": max_length,
+            }
+        )
+        return cache_dir / f"{self.name}-{split}-{key}.npz"
 
     def _max_length(self, max_length: int | None, tokenizer: Any) -> int:
         n = max_length or self.spec.max_length or DEFAULT_MAX_LENGTH
