@@ -1,0 +1,261 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+A resume checkpoint is a folder (the run's ``last/``)::
+
+    weights.safetensors   trainable weights, plus every task module and head
+    state.safetensors     optimizer moments (by parameter name) and RNG states
+    state.json            step, epoch, sampler and data streams, schedule, scaler, optimizer
+                          hyper-parameters, best score so far, ...
+
+It is written to a temporary folder beside it and moved into place with ``os.replace``, so
+a kill at any moment leaves either the previous checkpoint or the new one, never half of
+one. ``best.safetensors`` (a PalBert state dict) is written to a temporary file and renamed.
+
+::
+
+    save_checkpoint(run_dir / "last", model, trainer, {"step": 10, ...})
+    extra = load_checkpoint(run_dir / "last", model, trainer)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = 1
+
+
+def saved_weights(model: nn.Module, with_backbone: bool | None = None) -> dict[str, torch.Tensor]:
+    """The state-dict entries a checkpoint keeps: all ``task_modules.*`` and ``heads.*``,
+    and ``backbone.*`` when the backbone trains (``with_backbone`` None: when any backbone
+    parameter requires grad)."""
+    if with_backbone is None:
+        with_backbone = any(p.requires_grad for p in model.backbone.parameters())
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.startswith(("task_modules.", "heads.")) or (
+            with_backbone and k.startswith("backbone.")
+        ):
+            out[k] = v.detach().contiguous().clone()
+    return out
+
+
+def atomic_save_file(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
+    """safetensors ``save_file`` into a temporary file, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary folder with ``write(tmp)``, then swap it in for ``final``."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    old = final.parent / f".{final.name}.old"
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)  # a directory cannot be renamed over a non-empty one
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def checkpoint_dir(path: Path) -> Path | None:
+    """``path`` if it holds a checkpoint, else the previous one left by an interrupted swap."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    old = path.parent / f".{path.name}.old"
+    return old if (old / "state.json").is_file() else None
+
+
+# -- RNG ----------------------------------------------------------------------------------
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    py = random.getstate()
+    scalars = {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [py[0], list(py[1]), py[2]],
+    }
+    return tensors, scalars
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    kind, pos, has_gauss, cached = scalars["numpy"]
+    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, pos, has_gauss, cached))
+    version, internal, gauss = scalars["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# -- save / load --------------------------------------------------------------------------
+
+
+def _optimizer_state(trainer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = trainer.optimizer.state_dict()
+    names = trainer.param_names
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        name = names[idx]
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optimizer.{name}.{k}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(name, {})[k] = v
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _load_optimizer(trainer: Any, tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    names = trainer.param_names
+    current = trainer.optimizer.state_dict()
+    saved_names = [n for g in saved["param_groups"] for n in g["names"]]
+    if saved_names != names:
+        missing = sorted(set(saved_names) ^ set(names))[:5]
+        raise ValueError(
+            f"the checkpoint's trainable parameters differ from the model's (e.g. {missing}); "
+            "was train.mode or the task list changed?"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for idx, name in enumerate(names):
+        prefix = f"optimizer.{name}."
+        entry = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        entry.update(saved["scalars"].get(name, {}))
+        if entry:
+            state[idx] = entry
+    groups = []
+    for g, cur in zip(saved["param_groups"], current["param_groups"], strict=True):
+        g = dict(g)
+        g["params"] = cur["params"]
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    trainer.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(path: Path, model: nn.Module, trainer: Any, extra: dict[str, Any]) -> None:
+    """Write a resume checkpoint folder atomically. ``extra`` is JSON data (step, sampler...)."""
+    weights = saved_weights(model)
+    opt_tensors, opt_json = _optimizer_state(trainer)
+    rng_tensors, rng_json = rng_state()
+    state = {
+        "format": FORMAT,
+        "step_count": trainer.step_count,
+        "skipped_steps": trainer.skipped_steps,
+        "optimizer": opt_json,
+        "scheduler": _jsonable(trainer.scheduler.state_dict()),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "rng": rng_json,
+        **extra,
+    }
+
+    def write(tmp: Path) -> None:
+        save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": str(FORMAT)})
+        save_file({**opt_tensors, **rng_tensors}, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+
+    write_dir_atomically(Path(path), write)
+
+
+def load_checkpoint(path: Path, model: nn.Module, trainer: Any) -> dict[str, Any]:
+    """Restore weights, optimizer, schedule, scaler and RNG; return the JSON state."""
+    found = checkpoint_dir(Path(path))
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {path} (state.json missing)")
+    state = json.loads((found / "state.json").read_text())
+    if state.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {found} has format {state.get('format')}, expected {FORMAT}")
+    weights = load_file(str(found / "weights.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {found} has weights the model lacks: {unexpected[:5]}")
+    tensors = load_file(str(found / "state.safetensors"))
+    # Optimizer.load_state_dict moves the moments to each parameter's device itself
+    opt = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    _load_optimizer(trainer, opt, state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.scaler is not None and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    trainer.step_count = int(state["step_count"])
+    trainer.skipped_steps = int(state["skipped_steps"])
+    set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, state["rng"])
+    return state
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata in a safetensors file's header."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if torch.is_tensor(obj):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return None  # callables (LambdaLR's lambdas) are rebuilt from the recipe
+
+
+__all__ = [
+    "atomic_save_file",
+    "atomic_write_text",
+    "checkpoint_dir",
+    "load_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+    "saved_weights",
+    "write_dir_atomically",
+]

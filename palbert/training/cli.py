@@ -1,0 +1,87 @@
+"""The ``train`` and ``plot`` commands.
+
+palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume [RUN_DIR]]
+torchrun --nproc_per_node 2 -m palbert train recipes/quickstart.yaml
+palbert plot checkpoints/quickstart-20260101-120000 [--out loss.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from palbert.recipe import RecipeError, apply_overrides, load_recipe
+    from palbert.tasks import DataError
+    from palbert.training.loop import NonFiniteLoss
+    from palbert.training.run import train
+
+    overrides = list(args.overrides)
+    resume = args.resume
+    # `--resume key=value` is an override after a bare --resume, not a run folder
+    if isinstance(resume, str) and "=" in resume and not Path(resume).is_dir():
+        overrides.insert(0, resume)
+        resume = True
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+        if resume and overrides:
+            # a resumed run follows its own recipe.yaml; overrides apply on top of it
+            from palbert.training.run import find_resumable
+
+            run = Path(resume) if isinstance(resume, str) else find_resumable(recipe)
+            raw_path = run / "recipe.yaml"
+            import yaml
+
+            raw = yaml.safe_load(raw_path.read_text())
+            apply_overrides(raw, overrides)
+            raw_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+            resume = run
+        run_dir = train(recipe, resume=resume, progress=not args.no_progress)
+    except (RecipeError, DataError) as e:
+        print(f"palbert: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"palbert: error: {e}", file=sys.stderr)
+        return 1
+    print(run_dir)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from palbert.training.plot import plot_run
+
+    try:
+        out = plot_run(args.run_dir, args.out)
+    except FileNotFoundError as e:
+        print(f"palbert: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train`` and ``plot`` on the ``palbert`` command."""
+    p = subparsers.add_parser(
+        "train",
+        help="train the tasks of a recipe",
+        description="Train a recipe; the run folder is <output_dir>/<name>-<timestamp>/.",
+    )
+    p.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides (values are YAML)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an unfinished run (default: the newest of this recipe)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("plot", help="plot a run's training loss and dev metrics (PNG)")
+    p.add_argument("run_dir", help="a run folder under checkpoints/")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/metrics.png)")
+    p.set_defaults(func=_plot)

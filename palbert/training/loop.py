@@ -1,0 +1,497 @@
+"""The training step: accumulation, loss weights, PCGrad, mixed precision, clipping, DDP.
+
+::
+
+    trainer = Trainer(model, losses={"sst": sst_task.loss}, weights={"sst": 1.0},
+                      optimizer_cfg=recipe.optimizer, schedule_cfg=recipe.schedule,
+                      total_steps=1000, precision="fp32", device=torch.device("cpu"))
+    result = trainer.step([("sst", batch1), ("sst", batch2)])   # one optimizer step
+    scores = evaluate(model, tasks, dev_loaders, device)
+
+**One optimizer step** takes a window of micro-batches (``grad_accum`` sampler draws, each
+from one task). Each task's loss in the window is the mean over *all* of its rows in the
+window (over all processes), so k micro-batches give the gradients of one batch k times
+larger; the step minimises sum_t w_t L_t with the tasks' ``loss_weight`` w_t.
+
+**Parameters that no micro-batch reached keep ``grad = None``** (``zero_grad(set_to_none=
+True)``), and torch's AdamW skips such parameters entirely: no weight decay and no moment
+update, so a task that was not sampled does not drift. Frozen parameters are not in the
+optimizer at all, so they hold no gradient and no optimizer state.
+
+**More than one process.** The model is not wrapped in DistributedDataParallel: after the
+backward passes of a window the gradients are summed across processes with one
+``all_reduce`` (per task when PCGrad is on, before the surgery). This keeps PCGrad exact,
+needs no ``find_unused_parameters`` for heads of tasks absent from a step, and costs one
+reduction per optimizer step instead of one per micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from palbert.training.pcgrad import pcgrad
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss was NaN or infinite; training stops and the last good checkpoint is kept."""
+
+    def __init__(self, task: str, step: int, value: float) -> None:
+        super().__init__(
+            f"loss of task {task!r} is {value} at optimizer step {step + 1}; stopping. "
+            "Lower the learning rate, check the data, or try precision=fp32."
+        )
+        self.task, self.step, self.value = task, step, value
+
+
+# -- precision ----------------------------------------------------------------------------
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto -> fp16 on CUDA, fp32 elsewhere; fp16 off CUDA and bf16 where unsupported fail."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {name!r}")
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use precision fp16")
+    return name
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.amp.autocast(device.type, dtype=dtype)
+
+
+# -- optimizer and schedule ---------------------------------------------------------------
+
+
+def param_groups(
+    model: nn.Module, lr: float, task_lr: float | None, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Trainable parameters only, in four groups: backbone / task (modules + heads), each with
+    and without weight decay (biases and LayerNorm weights, i.e. 1-D tensors, get none).
+    Each group keeps its parameters' names for checkpoints."""
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "backbone" if name.startswith("backbone.") else "tasks"
+        decay = p.ndim >= 2
+        g = groups.setdefault(
+            (part, decay),
+            {
+                "params": [],
+                "names": [],
+                "part": part,
+                "lr": lr if part == "backbone" or task_lr is None else task_lr,
+                "weight_decay": weight_decay if decay else 0.0,
+            },
+        )
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if decay == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if decay == "linear":
+        return max(0.0, 1.0 - progress)
+    if decay == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule decay must be linear, cosine or constant, not {decay!r}")
+
+
+def rows(batch: dict[str, Any]) -> int:
+    """Examples in a batch (its labels, or its input rows)."""
+    if "labels" in batch:
+        return int(batch["labels"].shape[0])
+    return int(batch["input_ids"].shape[0])
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad_id: int = 0):
+    """One mixed batch from several tasks' micro-batches: rows padded to one width, with
+    ``task_ids`` (indices into ``names``); labels stay per task, in row order."""
+    width = max(int(b["input_ids"].shape[1]) for _, b in parts)
+    cols: dict[str, list[torch.Tensor]] = {
+        "input_ids": [],
+        "attention_mask": [],
+        "token_type_ids": [],
+    }
+    task_ids, labels = [], {}
+    for task, b in parts:
+        n, w = b["input_ids"].shape
+        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            t = b.get(key, torch.zeros_like(b["input_ids"]))
+            cols[key].append(torch.nn.functional.pad(t, (0, width - w), value=fill))
+        task_ids.append(torch.full((n,), names.index(task), dtype=torch.long))
+        labels.setdefault(task, []).append(b["labels"])
+    batch = {k: torch.cat(v) for k, v in cols.items()}
+    batch["task_ids"] = torch.cat(task_ids)
+    return batch, {t: torch.cat(v) for t, v in labels.items()}
+
+
+# -- data streams -------------------------------------------------------------------------
+
+
+class TaskStream:
+    """An endless stream of one task's training batches: a pass over the loader, then the
+    next pass reshuffled (``loader.set_epoch(pass)``). State: (pass, position)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.pass_ = 0
+        self.pos = 0
+        self._order: list | None = None
+
+    def _load(self) -> None:
+        self.loader.set_epoch(self.pass_)
+        if hasattr(self.loader, "batch_indices"):
+            self._order = self.loader.batch_indices()  # indices only: skipping ahead is cheap
+        else:
+            self._order = list(iter(self.loader))
+        if not self._order:
+            raise ValueError("a task has no training batches on this process")
+
+    def next(self) -> dict[str, Any]:
+        if self._order is None:
+            self._load()
+        if self.pos >= len(self._order):
+            self.pass_ += 1
+            self.pos = 0
+            self._load()
+        item = self._order[self.pos]
+        self.pos += 1
+        return self.loader.data.collate(item) if hasattr(self.loader, "batch_indices") else item
+
+    def state_dict(self) -> dict[str, int]:
+        return {"pass": self.pass_, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.pass_, self.pos, self._order = int(state["pass"]), int(state["pos"]), None
+
+
+# -- the step -----------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did: per-task mean losses (this process), examples, lr."""
+
+    losses: dict[str, float]
+    examples: int
+    lr: float
+    skipped: bool = False  # fp16 overflow: the scaler skipped the update
+    grad_norm: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns the optimizer, schedule and scaler of one model and performs optimizer steps.
+
+    ``losses`` maps each task to its loss function ``(outputs, labels) -> mean loss``;
+    ``weights`` to its loss weight.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+        weights: dict[str, float] | None = None,
+        *,
+        lr: float = 2e-5,
+        task_lr: float | None = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_steps: int = 0,
+        total_steps: int = 1,
+        decay: str = "linear",
+        grad_clip: float | None = 1.0,
+        use_pcgrad: bool = False,
+        mixed: bool = False,
+        precision: str = "fp32",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        pad_id: int = 0,
+    ) -> None:
+        self.model = model
+        self.losses = losses
+        self.weights = {t: 1.0 for t in losses} | dict(weights or {})
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.grad_clip = grad_clip
+        self.use_pcgrad = use_pcgrad
+        self.mixed = mixed
+        self.seed = seed
+        self.pad_id = pad_id
+        self.groups = param_groups(model, lr, task_lr, weight_decay)
+        if not self.groups:
+            raise ValueError("the model has no trainable parameters")
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.param_names = [n for g in self.groups for n in g["names"]]
+        self.optimizer = torch.optim.AdamW(
+            self.groups,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=False,  # the plain loop: bit-identical on resume, same on every device
+        )
+        self.warmup, self.total, self.decay = warmup_steps, total_steps, decay
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.warmup, self.total, self.decay)
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.step_count = 0  # optimizer steps done (skipped fp16 steps included)
+        self.skipped_steps = 0
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    # -- one optimizer step ------------------------------------------------------------
+    def step(self, window: list[tuple[str, dict[str, Any]]]) -> StepResult:
+        """Forward/backward every micro-batch of ``window``, then one optimizer step."""
+        self.backward(window)
+        return self.apply()
+
+    def backward(self, window: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
+        """Gradients of the window's weighted loss in ``p.grad`` (summed over processes),
+        without stepping. Returns each task's mean loss on this process."""
+        self.model.train()
+        window = [(t, to_device(b, self.device)) for t, b in window]
+        order = list(dict.fromkeys(t for t, _ in window))  # tasks in first-seen order
+        counts = self._global_counts(window, order)
+        self._losses: dict[str, float] = {}
+        self._examples = sum(rows(b) for _, b in window)
+        snapshots: list[dict[int, torch.Tensor]] = []
+        surgery = self.use_pcgrad and len(order) > 1
+
+        if self.mixed:
+            names = list(self.model.tasks)
+            batch, labels = merge_batches(window, names, self.pad_id)
+            with autocast(self.precision, self.device):
+                outs = self.model(batch)
+                task_losses = {t: self.losses[t](outs[t], labels[t]) for t in order}
+            local = {t: rows({"labels": labels[t]}) for t in order}
+            for i, t in enumerate(order):
+                loss = task_losses[t]
+                self._check(t, loss)
+                self._losses[t] = float(loss.detach())
+                scale = self.weights[t] * local[t] / counts[t]
+                self._backward(loss * scale, retain=surgery and i < len(order) - 1)
+                if surgery:
+                    snapshots.append(self._take_grads())
+        else:
+            for t in order:
+                for task, b in window:
+                    if task != t:
+                        continue
+                    with autocast(self.precision, self.device):
+                        outs = self.model(b, task=t)
+                        loss = self.losses[t](outs, b["labels"])
+                    self._check(t, loss)
+                    share = rows(b) / counts[t]
+                    self._losses[t] = self._losses.get(t, 0.0) + float(loss.detach()) * share
+                    self._backward(loss * (self.weights[t] * share))
+                if surgery:
+                    snapshots.append(self._take_grads())
+
+        if surgery:
+            if self.world > 1:
+                for snap in snapshots:
+                    self._allreduce(snap)
+            self._combine(snapshots)
+        elif self.world > 1:
+            grads = {i: p.grad for i, p in enumerate(self.params) if p.grad is not None}
+            for i, g in self._allreduce(grads).items():
+                self.params[i].grad = g
+        return dict(self._losses)
+
+    def apply(self) -> StepResult:
+        """Clip, step the optimizer (through the scaler for fp16) and the schedule."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        norm = None
+        skipped = False
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip:
+            grads = [p for p in self.params if p.grad is not None]
+            norm = float(torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=False))
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale  # the scale backs off only on overflow
+            self.skipped_steps += int(skipped)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return StepResult(dict(self._losses), self._examples, lr, skipped, norm)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _check(self, task: str, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(task, self.step_count, float(loss.detach().float()))
+
+    def _backward(self, loss: torch.Tensor, retain: bool = False) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward(retain_graph=retain)
+
+    def _global_counts(self, window, order: list[str]) -> dict[str, int]:
+        local = torch.tensor([sum(rows(b) for t2, b in window if t2 == t) for t in order])
+        if self.world > 1:
+            local = local.to(self.device)
+            dist.all_reduce(local)
+        return {t: int(n) for t, n in zip(order, local.tolist(), strict=True)}
+
+    def _take_grads(self) -> dict[int, torch.Tensor]:
+        """Move the current gradients out of the parameters (one task's share)."""
+        snap = {}
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                snap[i] = p.grad
+                p.grad = None
+        return snap
+
+    def _combine(self, snapshots: list[dict[int, torch.Tensor]]) -> None:
+        """PCGrad over the parameters that two or more tasks reached; the rest summed."""
+        reach: dict[int, int] = {}
+        for snap in snapshots:
+            for i in snap:
+                reach[i] = reach.get(i, 0) + 1
+        shared = [i for i in sorted(reach) if reach[i] > 1]
+        for i in sorted(reach):
+            if reach[i] == 1:
+                self.params[i].grad = next(s[i] for s in snapshots if i in s)
+        if not shared:
+            return
+        flats = []
+        for snap in snapshots:
+            parts = [
+                snap[i].reshape(-1)
+                if i in snap
+                else self.params[i].new_zeros(self.params[i].numel())
+                for i in shared
+            ]
+            flats.append(torch.cat(parts).float())
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step_count)
+        combined = pcgrad(flats, generator=gen)
+        offset = 0
+        for i in shared:
+            p = self.params[i]
+            p.grad = combined[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+
+    def _allreduce(self, grads: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Sum gradients over processes, in place. A parameter without a gradient here but
+        with one elsewhere gets one (zeros before the sum), so all processes step alike."""
+        have = torch.zeros(len(self.params), device=self.device)
+        for i in grads:
+            have[i] = 1
+        dist.all_reduce(have, op=dist.ReduceOp.MAX)
+        idx = [i for i in range(len(self.params)) if have[i] > 0]
+        for i in idx:
+            if i not in grads:
+                grads[i] = torch.zeros_like(self.params[i])
+        if not idx:
+            return grads
+        flat = torch.cat([grads[i].reshape(-1) for i in idx])
+        dist.all_reduce(flat)
+        offset = 0
+        for i in idx:
+            n = grads[i].numel()
+            grads[i].copy_(flat[offset : offset + n].view_as(grads[i]))
+            offset += n
+        return grads
+
+
+# -- evaluation ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tasks: dict[str, Any],
+    loaders: dict[str, Any],
+    device: torch.device,
+    precision: str = "fp32",
+) -> dict[str, dict[str, float]]:
+    """Each task's metrics over a whole split (predictions gathered, then scored once)."""
+    was_training = model.training
+    model.eval()
+    scores = {}
+    try:
+        for name, loader in loaders.items():
+            task = tasks[name]
+            preds, labels = [], []
+            for batch in _iter(loader):
+                batch = to_device(batch, device)
+                with autocast(precision, device):
+                    out = model(batch, task=name)
+                p = task.predict(out.float())
+                preds.append((p["label"] if "label" in p else p["score"]).cpu())
+                labels.append(batch["labels"].cpu())
+            scores[name] = task.evaluate(torch.cat(preds), torch.cat(labels))
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def _iter(loader: Any) -> Iterator[dict[str, Any]]:
+    yield from loader
+
+
+def selection_score(
+    scores: dict[str, dict[str, float]], tasks: dict[str, Any], metric: str
+) -> float:
+    """``mean``: the mean of the tasks' primary metrics; ``task.metric``: that one value."""
+    if metric == "mean":
+        vals = [scores[t][tasks[t].primary_metric] for t in scores]
+        return float(sum(vals) / len(vals))
+    task, name = metric.split(".", 1)
+    if name not in scores[task]:
+        raise KeyError(f"eval.metric {metric!r}: task {task!r} reports {sorted(scores[task])}")
+    return float(scores[task][name])
+
+
+__all__ = [
+    "NonFiniteLoss",
+    "StepResult",
+    "TaskStream",
+    "Trainer",
+    "autocast",
+    "evaluate",
+    "lr_factor",
+    "merge_batches",
+    "param_groups",
+    "resolve_precision",
+    "selection_score",
+]
