@@ -37,7 +37,8 @@ from typing import Any
 from palbert.tasks.errors import DataError
 from palbert.tasks.spec import DatasetSpec, TaskSpec, canonical_label
 
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long reviews (CFIMDB) exceed 128 KiB rarely
+# the csv default (131,072 characters per field) is too small for long documents
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass(frozen=True, slots=True)
