@@ -170,7 +170,7 @@ class Encoder(nn.Module):
         return MinBertOutput(x, tuple(hidden_states) if hidden_states is not None else None)
 
 
-def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+def sdpa_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The (B, T) 0/1 padding mask as a (B, 1, 1, T) boolean mask for SDPA (True = attend).
 
     Returns None when nothing is padded, which lets SDPA take its fastest path.
@@ -211,7 +211,8 @@ class MinBert(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=std)
             if module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -225,7 +226,7 @@ class MinBert(nn.Module):
     ) -> MinBertOutput:
         """Encode a (B, T) batch of token ids; ``attention_mask`` is 1 for real tokens, 0 for pads."""
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, attention_bias(attention_mask), output_hidden_states)
+        return self.encoder(x, sdpa_padding_mask(attention_mask), output_hidden_states)
 
     def gradient_checkpointing_enable(
         self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
