@@ -584,6 +584,16 @@ CS224N_FILES = {
 }
 
 
+def cs224n_files_needed(recipe: Recipe) -> list[str]:
+    """The CS224N train/dev files of the recipe's built-in tasks that keep their own files."""
+    out = []
+    for t in recipe.tasks:
+        own = isinstance(t.spec, str) or not ({"files", "dataset"} & set(t.spec))
+        if own and t.name in CS224N_FILES:
+            out += CS224N_FILES[t.name]
+    return out
+
+
 def data_dir_candidates(recipe: Recipe) -> list[tuple[Path, str]]:
     """Where the data folder is looked for, first match wins, with the reason for each."""
     out: list[tuple[Path, str]] = []
@@ -614,9 +624,7 @@ def resolve_data_dir(recipe: Recipe, needed: list[str] | None = None) -> Path:
     :class:`RecipeError` that lists what is expected and where it comes from.
     """
     if needed is None:
-        needed = [
-            f for t in recipe.tasks if isinstance(t.spec, str) for f in CS224N_FILES.get(t.name, [])
-        ]
+        needed = cs224n_files_needed(recipe)
     cands = data_dir_candidates(recipe)
     found = next((p for p, _ in cands if p.is_dir()), None)
     where = "\n".join(f"  - {p} ({why})" for p, why in cands)

@@ -297,14 +297,19 @@ class Trainer:
                 outs = self.model(batch)
                 task_losses = {t: self.losses[t](outs[t], labels[t]) for t in order}
             local = {t: rows({"labels": labels[t]}) for t in order}
+            total = None
             for i, t in enumerate(order):
                 loss = task_losses[t]
                 self._check(t, loss)
                 self._losses[t] = float(loss.detach())
-                scale = self.weights[t] * local[t] / counts[t]
-                self._backward(loss * scale, retain=surgery and i < len(order) - 1)
-                if surgery:
+                scaled = loss * (self.weights[t] * local[t] / counts[t])
+                if surgery:  # one backward per task through the shared graph
+                    self._backward(scaled, retain=i < len(order) - 1)
                     snapshots.append(self._take_grads())
+                else:
+                    total = scaled if total is None else total + scaled
+            if total is not None:
+                self._backward(total)
         else:
             for t in order:
                 for task, b in window:

@@ -40,7 +40,6 @@ import torch.distributed as dist
 from palbert.backbones import load_tokenizer
 from palbert.model import PalBert
 from palbert.recipe import (
-    CS224N_FILES,
     Recipe,
     RecipeError,
     dump_recipe,
@@ -257,10 +256,7 @@ def train(
     backbone = PalBert.from_pretrained(
         recipe.backbone.name, impl=recipe.backbone.impl, module=recipe.module
     )
-    needed = [
-        f for e in recipe.tasks if isinstance(e.spec, str) for f in CS224N_FILES.get(e.name, [])
-    ]
-    data_dir = resolve_data_dir(recipe, needed)
+    data_dir = resolve_data_dir(recipe)
     tasks = build_tasks(recipe, data_dir)
     model = build_model(recipe, tasks, backbone)
     tokenizer = load_tokenizer(model.info)
