@@ -18,8 +18,7 @@ def _train(args: argparse.Namespace) -> int:
     from palbert.training.loop import NonFiniteLoss
     from palbert.training.run import train
 
-    overrides = list(args.overrides)
-    resume = args.resume
+    overrides, resume, no_progress = _split_rest(args.overrides, args.resume, args.no_progress)
     # `--resume key=value` is an override after a bare --resume, not a run folder
     if isinstance(resume, str) and "=" in resume and not Path(resume).is_dir():
         overrides.insert(0, resume)
@@ -38,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
             apply_overrides(raw, overrides)
             raw_path.write_text(yaml.safe_dump(raw, sort_keys=False))
             resume = run
-        run_dir = train(recipe, resume=resume, progress=not args.no_progress)
+        run_dir = train(recipe, resume=resume, progress=not no_progress)
     except (RecipeError, DataError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
@@ -47,6 +46,32 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     print(run_dir)
     return 0
+
+
+def _split_rest(rest: list[str], resume, no_progress: bool):
+    """Options may follow the overrides (``palbert train R k=v --resume``); argparse leaves
+    everything after the recipe to us, so pick them out here."""
+    overrides = []
+    i = 0
+    while i < len(rest):
+        item = rest[i]
+        if item == "--no-progress":
+            no_progress = True
+        elif item == "--resume" or item.startswith("--resume="):
+            resume = True
+            value = item.split("=", 1)[1] if "=" in item else None
+            if value is None and i + 1 < len(rest) and not rest[i + 1].startswith("-"):
+                if "=" not in rest[i + 1] or Path(rest[i + 1]).is_dir():
+                    value = rest[i + 1]
+                    i += 1
+            if value:
+                resume = value
+        elif item.startswith("-"):
+            raise SystemExit(f"palbert train: unknown option {item}")
+        else:
+            overrides.append(item)
+        i += 1
+    return overrides, resume, no_progress
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -69,7 +94,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Train a recipe; the run folder is <output_dir>/<name>-<timestamp>/.",
     )
     p.add_argument("recipe", help="recipe YAML file (see recipes/)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides (values are YAML)")
+    p.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        help="key.sub=value overrides (values are YAML); options may come after them",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
