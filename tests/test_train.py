@@ -223,6 +223,20 @@ def test_mixed_batches_give_the_same_gradients(tiny_setup):
         torch.testing.assert_close(g_mixed[n], g_sep[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_setup):
+    backbone, data = tiny_setup
+    b = batches(backbone, data, "sts", 4)[0]
+    model, tasks = tiny_model(backbone)
+    tr = make_trainer(model, tasks)
+    tr.backward([("sts", b)])
+    plain = grads(model)
+    tr.optimizer.zero_grad(set_to_none=True)
+    model.gradient_checkpointing(True)
+    tr.backward([("sts", b)])
+    for n, g in grads(model).items():
+        torch.testing.assert_close(g, plain[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
 def test_frozen_params_have_no_grads_or_optimizer_state(tiny_setup):
     backbone, data = tiny_setup
     model, tasks = tiny_model(backbone, mode="frozen")

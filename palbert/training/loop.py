@@ -288,6 +288,7 @@ class Trainer:
         self._losses: dict[str, float] = {}
         self._examples = sum(rows(b) for _, b in window)
         snapshots: list[dict[int, torch.Tensor]] = []
+        self._bad: tuple[str, float] | None = None
         surgery = self.use_pcgrad and len(order) > 1
 
         if self.mixed:
@@ -325,6 +326,8 @@ class Trainer:
                 if surgery:
                     snapshots.append(self._take_grads())
 
+        if self.world > 1:
+            self._stop_if_any_process_failed()
         if surgery:
             if self.world > 1:
                 for snap in snapshots:
@@ -361,9 +364,21 @@ class Trainer:
 
     # -- helpers -----------------------------------------------------------------------
     def _check(self, task: str, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
+        if torch.isfinite(loss.detach()).all():
+            return
+        if self.world > 1:  # every process must stop together: decided after the window
+            self._bad = self._bad or (task, float(loss.detach().float()))
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(task, self.step_count, float(loss.detach().float()))
+
+    def _stop_if_any_process_failed(self) -> None:
+        flag = torch.tensor([1.0 if self._bad else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
             self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(task, self.step_count, float(loss.detach().float()))
+            task, value = self._bad or ("(on another process)", float("nan"))
+            raise NonFiniteLoss(task, self.step_count, value)
 
     def _backward(self, loss: torch.Tensor, retain: bool = False) -> None:
         if self.scaler is not None:
