@@ -106,21 +106,12 @@ def _as_spec(spec: Any, name: str | None = None) -> TaskSpec:
     if hasattr(spec, "spec") and hasattr(spec, "to_dict"):  # a Task: its labels resolved
         spec = spec.to_dict()
     if isinstance(spec, dict):
-        spec = TaskSpec.from_dict(_fix_head(spec))
+        spec = TaskSpec.from_dict(spec)
     if not isinstance(spec, TaskSpec):
         raise TypeError(f"expected a TaskSpec, a Task or a spec mapping, not {type(spec).__name__}")
     if name is not None and spec.name != name:
         spec = dataclasses.replace(spec, name=name)
     return spec
-
-
-def _fix_head(d: dict[str, Any]) -> dict[str, Any]:
-    # TaskSpec.to_dict() writes head.k always, but from_dict() accepts it only with
-    # pooling "last_k"; drop it otherwise so written specs read back.
-    head = d.get("head")
-    if isinstance(head, dict) and head.get("pooling", "cls") != "last_k" and "k" in head:
-        d = {**d, "head": {k: v for k, v in head.items() if k != "k"}}
-    return d
 
 
 # -- fingerprints, cached while the weights do not change ---------------------------------

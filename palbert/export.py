@@ -1,0 +1,449 @@
+"""Export, eval and predict: per-task files from run folders, and using them.
+
+Commands (registered in the ``palbert`` CLI by :func:`add_commands`)::
+
+    palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16|bfloat16|float32]
+    palbert export [RUN_DIR] --task all [--out DIR]      # one file per task
+    palbert export RUN_DIR --backbone [--out DIR]       # the fine-tuned encoder (train mode full)
+    palbert eval [RUN_DIR | FILE.safetensors ...] [--backbone NAME] [--split dev]
+    palbert predict [RUN_DIR | FILE.safetensors ...] [--split dev|test | --input FILE]
+                    [--out DIR] [--format cs224n|csv|jsonl]
+
+RUN_DIR defaults to the newest complete run (one with a ``COMPLETE`` file) under
+``checkpoints/``. A run folder is read by :func:`palbert.training.run.load_run`; its
+``best.safetensors`` holds ``backbone.*`` keys only when the run trained the encoder.
+
+Library use::
+
+    paths = export_run("checkpoints/quickstart-20260101-120000", task="all", out="tasks/")
+    export_backbone(model, "my-encoder/")   # config.json + model.safetensors + tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from palbert.taskfile import (
+    DTYPES,
+    TaskFileError,
+    backbone_fingerprint,
+    export_task,
+    read_task_file,
+    register_spec,
+    task_specs,
+)
+
+DEFAULT_CHECKPOINTS = "checkpoints"
+_STAMP = re.compile(r"-(\d{8}-\d{6})$")
+
+
+class ExportError(RuntimeError):
+    """A run folder or an export request is unusable; the message says why."""
+
+
+# -- run folders --------------------------------------------------------------------------
+
+
+def load_run(run_dir: str | Path, which: str = "best"):
+    """``(model, tasks, recipe)`` of a run folder, read by palbert's training package."""
+    try:
+        from palbert.training.run import load_run as _load_run
+    except ImportError as e:
+        raise ExportError(
+            f"cannot read run folder {run_dir}: palbert.training.run.load_run is not available "
+            f"({e})"
+        ) from e
+    return _load_run(run_dir, which=which)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "best.safetensors").is_file()
+
+
+def complete_runs(root: str | Path = DEFAULT_CHECKPOINTS) -> list[Path]:
+    """Complete run folders under ``root``, oldest first (by the timestamp in their name,
+    then by when they completed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and (p / "COMPLETE").is_file()]
+
+    def when(p: Path) -> tuple[str, float]:
+        m = _STAMP.search(p.name)
+        return (m.group(1) if m else "", (p / "COMPLETE").stat().st_mtime)
+
+    return sorted(runs, key=when)
+
+
+def newest_run(root: str | Path = DEFAULT_CHECKPOINTS) -> Path:
+    """The newest complete run under ``root``; an error that says what exists otherwise."""
+    runs = complete_runs(root)
+    if not runs:
+        root = Path(root)
+        partial = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        extra = f" (incomplete: {', '.join(partial)})" if partial else ""
+        raise ExportError(
+            f"no complete run under {root}/{extra}; train one with `palbert train RECIPE` or "
+            "name a run folder"
+        )
+    return runs[-1]
+
+
+def trained_backbone(run_dir: str | Path) -> bool:
+    """Whether the run's ``best.safetensors`` holds the encoder (train mode full)."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / "best.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return any(k.startswith("backbone.") for k in f.keys())
+    except Exception as e:  # safetensors has its own error type for damaged files
+        raise ExportError(f"cannot read {path}: {e}") from e
+
+
+# -- exports ------------------------------------------------------------------------------
+
+
+def export_run(
+    run_dir: str | Path,
+    task: str = "all",
+    out: str | Path | None = None,
+    dtype: str | None = None,
+    loaded: tuple | None = None,
+) -> list[Path]:
+    """Write one task (``task``) or every task (``"all"``) of a run to task files.
+
+    One task: ``out`` is the file (default ``<task>.safetensors``). All: ``out`` is a folder
+    (default: the current one) that receives ``<task>.safetensors`` for each task.
+    ``loaded`` is the ``(model, tasks, recipe)`` of the run when already loaded.
+    """
+    run_dir = Path(run_dir)
+    model, tasks, _ = loaded or load_run(run_dir)
+    names = list(tasks) if task == "all" else [task]
+    unknown = [n for n in names if n not in tasks or n not in model.heads]
+    if unknown:
+        raise ExportError(f"run {run_dir} has no task {unknown[0]!r}; its tasks: {list(tasks)}")
+    fine_tuned = trained_backbone(run_dir)
+    fp = backbone_fingerprint(model)  # once for all tasks: hashing bert-base takes a second
+    if task == "all":
+        folder = Path(out) if out is not None else Path(".")
+        if folder.exists() and not folder.is_dir():
+            raise ExportError(f"--task all writes one file per task: --out {folder} is a file")
+        targets = {n: folder / f"{n}.safetensors" for n in names}
+    else:
+        path = Path(out) if out is not None else Path(f"{task}.safetensors")
+        targets = {task: path / f"{task}.safetensors" if path.is_dir() else path}
+    written = []
+    for name, path in targets.items():
+        written.append(
+            export_task(
+                model,
+                name,
+                path,
+                dtype=dtype,
+                spec=tasks[name],
+                fine_tuned=fine_tuned,
+                backbone_fp=fp,
+            )
+        )
+    return written
+
+
+def export_backbone(model, out: str | Path) -> Path:
+    """Write the model's encoder as a transformers folder: ``config.json``,
+    ``model.safetensors`` (float32, BertModel's keys) and the tokenizer files.
+
+    ``transformers.BertModel.from_pretrained(out)`` and ``PalBert.from_pretrained(out)``
+    load it; its fingerprint is the one that task files exported from the same model name.
+    """
+    from safetensors.torch import save_file
+
+    from palbert.backbones import load_tokenizer
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ExportError(f"{out} exists and is not an exported backbone folder; choose --out")
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: t.detach().to("cpu", torch.float32).contiguous().clone()
+        if t.is_floating_point()
+        else t.detach().cpu().contiguous().clone()
+        for k, t in model.backbone.state_dict().items()
+        if not k.endswith("position_ids")  # rebuilt by BertModel, not a weight
+    }
+    config = model.info.config.__class__.from_dict(model.info.config.to_dict())
+    config.architectures = ["BertModel"]
+    config.save_pretrained(out)
+    fp = backbone_fingerprint(model)
+    meta = {"format": "pt", "palbert.fingerprint": fp, "palbert.base": model.info.name}
+    save_file(state, out / "model.safetensors", metadata=meta)
+    load_tokenizer(model.info).save_pretrained(out)
+    return out
+
+
+# -- running tasks over data --------------------------------------------------------------
+
+
+def open_models(
+    paths: list[str],
+    backbone: str | None = None,
+    impl: str | None = None,
+    checkpoints: str = DEFAULT_CHECKPOINTS,
+    data_dir: str | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = print,
+):
+    """``(model, tasks)`` from a run folder (default: the newest) or from task files.
+
+    Task files load onto ``backbone`` (default: the one named in the first file, unless it
+    was a fine-tuned encoder, which must be given).
+    """
+    from palbert.model import PalBert
+    from palbert.tasks import build_task
+
+    files = [Path(p) for p in paths]
+    if len(files) == 1 and files[0].is_dir() and not is_run_dir(files[0]):
+        # a folder of exported task files (palbert export --task all --out DIR)
+        files = sorted(files[0].glob("*.safetensors")) or files
+    if len(files) <= 1 and not any(p.suffix == ".safetensors" for p in files):
+        run = files[0] if files else newest_run(checkpoints)
+        if not files:
+            say(f"using run {run} (the newest complete run under {checkpoints}/)")
+        if not is_run_dir(run):
+            raise ExportError(f"{run} is not a run folder (no best.safetensors) nor a task file")
+        model, tasks, _ = load_run(run)
+        if data_dir is not None:  # the user points at another copy of the data
+            tasks = {n: build_task(t.spec, data_dir=data_dir) for n, t in tasks.items()}
+        for name, task in tasks.items():
+            register_spec(model, name, task)
+        return model, tasks
+    first = read_task_file(files[0]).backbone
+    if backbone is None:
+        if first.get("fine_tuned"):
+            raise ExportError(
+                f"{files[0]} was trained with a fine-tuned encoder: pass --backbone with the folder "
+                "written by `palbert export RUN_DIR --backbone`"
+            )
+        backbone = first.get("name")
+        say(f"backbone {backbone} (from {files[0].name})")
+    model = PalBert.from_pretrained(backbone, impl=impl or first.get("impl", "transformers"))
+    tasks = {}
+    for f in files:
+        name = model.load_task(f, force=force)
+        tasks[name] = build_task(task_specs(model)[name], data_dir=data_dir)
+    return model, tasks
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_split(model, task, split: str, batch_size: int = 32, device: torch.device | None = None):
+    """``(ids, predictions, labels or None)`` of one task over one split, batched, no grad.
+
+    ``predictions`` is what ``task.predict`` returns for the whole split.
+    """
+    from palbert.backbones import load_tokenizer
+
+    tokenizer = model.__dict__.get("_palbert_tokenizer") or load_tokenizer(model.info)
+    device = device or next(model.parameters()).device
+    model.to(device).eval()
+    loader = task.batches(split, tokenizer, batch_size=batch_size, shuffle=False)
+    ids: list[str] = []
+    outputs, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            ids += batch["ids"]
+            tensors = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            outputs.append(model(tensors, task=task.name).float().cpu())
+            if "labels" in batch:
+                labels.append(batch["labels"])
+    if not outputs:
+        raise ExportError(f"task {task.name!r} split {split!r} has no rows")
+    preds = task.predict(torch.cat(outputs))
+    return ids, preds, torch.cat(labels) if labels else None
+
+
+def _input_task(task, path: Path, fmt: str):
+    """The task reading a user's file as its unlabelled "test" split."""
+    from palbert.tasks import build_task
+
+    d = task.to_dict()
+    d.pop("dataset", None)
+    d.update(files={"test": str(path.resolve())}, format=fmt, extends=None)
+    return build_task(d, cache_dir=False)
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print known errors as one line (plus how to fix) instead of a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from palbert.tasks import DataError
+
+        try:
+            return fn(args)
+        except (ExportError, TaskFileError, DataError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"palbert {args.command}: error: {msg}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _run_arg(args: argparse.Namespace) -> Path:
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    run = newest_run(args.checkpoints)
+    print(f"using run {run} (the newest complete run under {args.checkpoints}/)")
+    return run
+
+
+@_errors
+def _export(args: argparse.Namespace) -> int:
+    if args.task is None and not args.backbone:
+        raise ExportError("say what to export: --task NAME, --task all, or --backbone")
+    run = _run_arg(args)
+    loaded = load_run(run)
+    model = loaded[0]
+    if args.backbone:
+        if not trained_backbone(run):
+            raise ExportError(
+                f"run {run} did not train its encoder (its best.safetensors has no backbone.* "
+                f"keys): its tasks load on the stock backbone {model.info.name!r}"
+            )
+        folder = Path(args.backbone_out or f"{run.name}-backbone")
+        export_backbone(model, folder)
+        print(f"backbone -> {folder}/ (load with PalBert.from_pretrained({str(folder)!r}))")
+    if args.task is not None:
+        out = args.out
+        for path in export_run(run, args.task, out, args.dtype, loaded=loaded):
+            print(f"{path.stem} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _open(args: argparse.Namespace):
+    model, tasks = open_models(
+        args.paths,
+        backbone=args.backbone,
+        impl=args.impl,
+        checkpoints=args.checkpoints,
+        data_dir=args.data_dir,
+        force=args.force,
+    )
+    if args.task:
+        missing = [t for t in args.task if t not in tasks]
+        if missing:
+            raise ExportError(f"no task {missing[0]!r}; tasks: {list(tasks)}")
+        tasks = {t: tasks[t] for t in args.task}
+    return model, tasks
+
+
+@_errors
+def _eval(args: argparse.Namespace) -> int:
+    model, tasks = _open(args)
+    device = _device(args.device)
+    results = {}
+    for name, task in tasks.items():
+        _, preds, labels = run_split(model, task, args.split, args.batch_size, device)
+        if labels is None:
+            raise ExportError(f"task {name!r} split {args.split!r} has no labels to evaluate")
+        results[name] = task.evaluate(preds, labels)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in results[name].items())
+        print(f"{name:<12} {args.split:<6} {shown}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+@_errors
+def _predict(args: argparse.Namespace) -> int:
+    from palbert.tasks import write_predictions
+
+    model, tasks = _open(args)
+    if args.input is not None and len(tasks) != 1:
+        raise ExportError(f"--input goes to one task: add --task (one of {list(tasks)})")
+    device = _device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, task in tasks.items():
+        split = args.split
+        if args.input is not None:
+            task, split = _input_task(task, Path(args.input), args.input_format), "test"
+        ids, preds, _ = run_split(model, task, split, args.batch_size, device)
+        tag = Path(args.input).stem if args.input is not None else args.split
+        path = write_predictions(out, task, ids, preds, tag, fmt=args.format)
+        print(f"{name:<12} {len(ids):>6} rows -> {path}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_DIR|FILE",
+        help="a run folder (default: the newest complete one) or exported task files",
+    )
+    p.add_argument("--backbone", help="encoder for task files (default: the one they name)")
+    p.add_argument("--impl", choices=["transformers", "minbert"], help="backbone implementation")
+    p.add_argument("--task", action="append", help="only this task (repeatable)")
+    p.add_argument("--data-dir", help="data folder (default: the run's, or $PALBERT_DATA_DIR)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--force", action="store_true", help="load task files on other weights")
+    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``export``, ``eval`` and ``predict`` on the CLI's subparsers."""
+    p = sub.add_parser(
+        "export",
+        help="write per-task files (and a fine-tuned encoder) from a run",
+        description="Write one small safetensors file per task: its module and head, with the "
+        "task spec, module config and the backbone it needs in the file's header.",
+    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="default: the newest run")
+    p.add_argument("--task", help="a task name, or 'all' for one file per task")
+    p.add_argument("--out", help="the file (one task) or folder (--task all) to write")
+    p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype")
+    p.add_argument(
+        "--backbone",
+        action="store_true",
+        help="also write the run's fine-tuned encoder as a transformers folder",
+    )
+    p.add_argument("--backbone-out", help="folder for --backbone (default: <run>-backbone)")
+    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("eval", help="dev metrics of a run or of exported task files")
+    _common(p)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="prediction files of a run or of exported task files")
+    _common(p)
+    p.add_argument("--split", default="test", help="dev or test (default test)")
+    p.add_argument("--input", help="predict for this file's rows instead of a split")
+    p.add_argument(
+        "--input-format",
+        default="auto",
+        choices=["auto", "cs224n", "csv", "tsv", "jsonl"],
+        help="format of --input (columns as the task's spec names them)",
+    )
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--format", default="cs224n", choices=["cs224n", "csv", "jsonl"])
+    p.set_defaults(func=_predict)

@@ -1,0 +1,326 @@
+"""`palbert export / eval / predict` over run folders and exported task files.
+
+Run folders are written here in the training package's layout (recipe.yaml, best.safetensors,
+COMPLETE, ...) from a model built in the test, and read back by the real
+``palbert.training.run.load_run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from palbert import PalBert
+from palbert.cli import main
+from palbert.taskfile import read_task_file
+
+from .test_export import run_fresh
+
+run_mod = pytest.importorskip("palbert.training.run")
+recipe_mod = pytest.importorskip("palbert.recipe")
+
+SENT = ["a gripping and funny film", "dull and slow", "i loved it", "a mess", "great cast"]
+PAIRS = [
+    ("a man plays the guitar", "a man is playing a guitar"),
+    ("the cat sleeps", "stocks fell sharply"),
+    ("kids play football", "children are playing soccer"),
+    ("a woman cooks", "a woman is cooking dinner"),
+]
+
+
+def write_data(folder: Path) -> Path:
+    """Tiny CSV task files: a single-sentence classifier and a sentence-pair regression."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = ["pos", "neg", "pos", "neg", "pos"]
+    for split in ("train", "dev", "test"):
+        rows = ["id,sentence" + (",label" if split != "test" else "")]
+        for i, (s, y) in enumerate(zip(SENT, labels, strict=True)):
+            rows.append(f"s{split}{i},{s}" + (f",{y}" if split != "test" else ""))
+        (folder / f"sent-{split}.csv").write_text("\n".join(rows) + "\n")
+        rows = ["id,sentence1,sentence2" + (",score" if split != "test" else "")]
+        for i, (a, b) in enumerate(PAIRS):
+            rows.append(f"p{split}{i},{a},{b}" + (f",{i + 0.5}" if split != "test" else ""))
+        (folder / f"sim-{split}.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _files(prefix: str) -> dict[str, str]:
+    return {s: f"{prefix}-{s}.csv" for s in ("train", "dev", "test")}
+
+
+SENT_SPEC = {
+    "name": "sent",
+    "kind": "classification",
+    "text": "sentence",
+    "label": "label",
+    "labels": ["neg", "pos"],
+    "files": _files("sent"),
+}
+SIM = {
+    "kind": "regression",
+    "pair": True,
+    "text": ["sentence1", "sentence2"],
+    "label": "score",
+    "label_range": [0, 5],
+    "files": _files("sim"),
+}
+SPECS = [
+    SENT_SPEC,
+    {"name": "sim", **SIM},
+    {"name": "simbi", **SIM, "encoding": "bi"},
+    {"name": "simcos", **SIM, "head": {"type": "cosine"}},
+]
+
+
+def make_run(
+    root: Path,
+    data: Path,
+    backbone: str = "minilm",
+    impl: str = "transformers",
+    mode: str = "frozen",
+    name: str = "toy",
+    stamp: str = "20260101-120000",
+    specs=SPECS,
+    complete: bool = True,
+) -> tuple[Path, PalBert]:
+    """A run folder as ``palbert train`` leaves it, for a randomly initialised model.
+
+    In mode "full" the encoder's weights are changed too, as fine-tuning would, and
+    best.safetensors holds them.
+    """
+    from safetensors.torch import save_file
+
+    raw = {
+        "name": name,
+        "backbone": {"name": backbone, "impl": impl},
+        "module": {"kind": "pal", "init": "normal"},
+        "tasks": specs,
+        "train": {"mode": mode, "seed": 0},
+        "data_dir": str(data),
+        "output_dir": str(root),
+    }
+    recipe = recipe_mod.recipe_from_dict(raw)
+    tasks = run_mod.build_tasks(recipe, data)
+    torch.manual_seed(1)
+    model = run_mod.build_model(recipe, tasks)
+    if mode == "full":
+        with torch.no_grad():
+            for p in model.backbone.encoder.layer[-1].parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    keep = ("task_modules.", "heads.") + (("backbone.",) if mode == "full" else ())
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items() if k.startswith(keep)}
+    run = root / f"{name}-{stamp}"
+    run.mkdir(parents=True)
+    save_file(state, run / "best.safetensors", metadata={"format": "pt"})
+    resolved = run_mod.resolved(recipe, tasks, data)
+    (run / "recipe.yaml").write_text(recipe_mod.dump_recipe(resolved))
+    (run / "metrics.jsonl").write_text("")
+    (run / "summary.json").write_text("{}")
+    if complete:
+        (run / "COMPLETE").touch()
+    return run, model.eval()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory, data):
+    return make_run(tmp_path_factory.mktemp("checkpoints"), data)
+
+
+def inputs(name: str):
+    return SENT if name == "sent" else PAIRS
+
+
+def registered(model: PalBert, run: Path) -> PalBert:
+    """The run's model with its task specs known, as `palbert` loads it."""
+    from palbert.taskfile import register_spec
+
+    _, tasks, _ = run_mod.load_run(run)
+    for name, task in tasks.items():
+        register_spec(model, name, task)
+    return model
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+def test_export_defaults_to_the_newest_complete_run(tmp_path, data, capsys, monkeypatch):
+    ckpt = tmp_path / "checkpoints"
+    specs = [SENT_SPEC]
+    make_run(ckpt, data, backbone="random:tiny", stamp="20260101-100000", specs=specs)
+    newest, _ = make_run(ckpt, data, backbone="random:tiny", stamp="20260102-100000", specs=specs)
+    make_run(
+        ckpt, data, backbone="random:tiny", stamp="20260103-100000", specs=specs, complete=False
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--task", "sent"]) == 0
+    out = capsys.readouterr().out
+    assert f"using run {Path('checkpoints') / newest.name}" in out
+    assert read_task_file(tmp_path / "sent.safetensors").name == "sent"
+    assert main(["export", "--task", "nope"]) == 2
+    assert "no task 'nope'" in capsys.readouterr().err
+    assert main(["export", "--task", "sent", "--checkpoints", "elsewhere"]) == 2
+    assert "no complete run under elsewhere" in capsys.readouterr().err
+
+
+def test_run_round_trip_in_a_fresh_process(frozen_run, tmp_path, capsys):
+    """Export every task of a run (float32 and float16), load them in a new process on the
+    stock backbone: predictions equal to the run's own model."""
+    run, model = frozen_run
+    model = registered(model, run)
+    want = {n: model.predict(n, inputs(n), batch_size=2) for n in model.tasks}
+    assert main(["export", str(run), "--task", "all", "--out", str(tmp_path / "f32")]) == 0
+    args = ["export", str(run), "--task", "all", "--out", str(tmp_path / "f16")]
+    assert main([*args, "--dtype", "float16"]) == 0
+    printed = capsys.readouterr().out
+    assert "simcos ->" in printed and "MB" in printed
+    code = f"""
+import json
+from palbert import PalBert
+from tests.test_export_cli import SENT, PAIRS
+out = {{}}
+for kind in ("f32", "f16"):
+    model = PalBert.from_pretrained("minilm")
+    for name in {list(want)!r}:
+        model.load_task({str(tmp_path)!r} + f"/{{kind}}/{{name}}.safetensors")
+    out[kind] = {{n: model.predict(n, SENT if n == "sent" else PAIRS, batch_size=2)
+                 for n in model.tasks}}
+print(json.dumps(out))
+"""
+    got = json.loads(run_fresh(code))
+    assert got["f32"] == json.loads(json.dumps(want))
+    for name, rows in want.items():
+        for w, g in zip(rows, got["f16"][name], strict=True):
+            if isinstance(w, float):
+                assert abs(w - g) <= 2e-2
+            else:
+                assert all(abs(w["probs"][k] - g["probs"][k]) <= 2e-2 for k in w["probs"])
+    tf = read_task_file(tmp_path / "f16" / "sim.safetensors")
+    assert tf.dtype == "float16" and tf.backbone["fine_tuned"] is False
+    assert tf.spec["label_range"] == [0.0, 5.0] and tf.spec["encoding"] == "cross"
+
+
+def test_full_run_exports_its_encoder(tmp_path, data, capsys):
+    from transformers import BertModel
+
+    run, model = make_run(tmp_path / "checkpoints", data, impl="minbert", mode="full")
+    model = registered(model, run)
+    out = tmp_path / "encoder"
+    args = ["export", str(run), "--backbone", "--backbone-out", str(out), "--task", "sim"]
+    assert main([*args, "--out", str(tmp_path / "sim.safetensors")]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(out))
+
+    # transformers loads the folder, and computes what the run's fine-tuned encoder computes
+    bert = BertModel.from_pretrained(out, add_pooling_layer=False).eval()
+    batch = {"input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    with torch.no_grad():
+        want = model.backbone(**batch).last_hidden_state
+        got = bert(**batch).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    # the task file names the fine-tuned encoder: the stock one is refused unless forced
+    path = tmp_path / "sim.safetensors"
+    assert read_task_file(path).backbone["fine_tuned"] is True
+    stock = PalBert.from_pretrained("minilm")
+    with pytest.raises(ValueError, match="fine-tuned encoder"):
+        stock.load_task(path)
+    stock.load_task(path, force=True)
+    tuned = PalBert.from_pretrained(str(out), impl="minbert")
+    tuned.load_task(path)
+    assert tuned.predict("sim", PAIRS) == model.predict("sim", PAIRS)
+
+
+def test_backbone_export_needs_a_trained_encoder(frozen_run, tmp_path, capsys):
+    run, _ = frozen_run
+    assert main(["export", str(run), "--backbone", "--backbone-out", str(tmp_path / "b")]) == 2
+    assert "did not train its encoder" in capsys.readouterr().err
+    assert main(["export", str(run)]) == 2
+    assert "--task NAME" in capsys.readouterr().err
+
+
+# -- eval and predict --------------------------------------------------------------------
+
+
+def test_eval_of_run_and_of_exported_files_agree(frozen_run, data, tmp_path, capsys):
+    run, _ = frozen_run
+    files = tmp_path / "files"
+    assert main(["export", str(run), "--task", "all", "--out", str(files)]) == 0
+    assert main(["eval", str(run), "--json", str(tmp_path / "run.json")]) == 0
+    # a folder of task files, the backbone taken from their metadata
+    args = ["eval", str(files), "--data-dir", str(data)]
+    assert main([*args, "--json", str(tmp_path / "files.json")]) == 0
+    from_run = json.loads((tmp_path / "run.json").read_text())
+    from_files = json.loads((tmp_path / "files.json").read_text())
+    assert set(from_run) == {"sent", "sim", "simbi", "simcos"}
+    assert from_files == from_run
+    assert set(from_run["sim"]) == {"pearson", "spearman"} and "accuracy" in from_run["sent"]
+    out = capsys.readouterr().out
+    assert "backbone minilm" in out and "pearson" in out
+
+
+def test_predict_writes_prediction_files(frozen_run, tmp_path, capsys):
+    from palbert.tasks import read_predictions
+
+    run, model = frozen_run
+    model = registered(model, run)
+    out = tmp_path / "preds"
+    assert main(["predict", str(run), "--split", "test", "--out", str(out)]) == 0
+    sim = (out / "sim-test-output.csv").read_text().splitlines()
+    assert sim[0] == "id \t Predicted_Similarity "
+    rows = read_predictions(out / "sim-test-output.csv")
+    assert [r["id"] for r in rows] == [f"ptest{i}" for i in range(4)]
+    want = model.predict("sim", PAIRS)
+    assert [float(r["prediction"]) for r in rows] == pytest.approx(want, abs=1e-5)
+    assert len(read_predictions(out / "sent-test-output.csv")) == 5
+
+    # --input: a user's file with the task's columns, one task, JSONL out
+    user = tmp_path / "mine.csv"
+    user.write_text("sentence\nwhat a film\nawful\n")
+    args = ["predict", str(run), "--task", "sent", "--input", str(user), "--format", "jsonl"]
+    assert main([*args, "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "sent-mine-output.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in lines] == [
+        r["label"] for r in model.predict("sent", ["what a film", "awful"])
+    ]
+    assert main(["predict", str(run), "--input", str(user)]) == 2
+    assert "--input goes to one task" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_predict_cs224n_sts_from_an_exported_file(tmp_path, data_dir, capsys):
+    """The built-in STS task through an exported file: the course's file format."""
+    torch.manual_seed(0)
+    model = PalBert.from_pretrained("random:minilm")
+    from palbert.tasks import build_task
+
+    sts = build_task("sts", data_dir=data_dir)
+    model.add_task("sts", sts.build_head(384))
+    path = model.save_task("sts", tmp_path / "sts.safetensors", spec=sts)
+    # a random backbone has no reproducible fingerprint: --force (and the stock shape)
+    args = ["predict", str(path), "--backbone", "random:minilm", "--force", "--split", "dev"]
+    assert main([*args, "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
+    lines = (tmp_path / "sts-dev-output.csv").read_text().splitlines()
+    assert lines[0] == "id \t Predicted_Similiarity "
+    assert len(lines) == 1 + 863
+
+
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval"]) == 2
+    assert "no complete run under checkpoints/" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", 10**6) + b"{}")
+    assert main(["eval", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == ["bad.safetensors"]
