@@ -142,11 +142,13 @@ class SamplerSection:
 
 @dataclass
 class OptimizerSection:
-    """AdamW with one learning rate for the backbone and one for task modules and heads."""
+    """AdamW: ``lr`` for the backbone, ``task_lr`` for the task modules (PALs, adapters) and
+    ``head_lr`` for the heads (None: ``task_lr``)."""
 
     name: Literal["adamw"] = "adamw"
     lr: float = 2e-5
     task_lr: float | None = 1e-3
+    head_lr: float | None = None
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -554,6 +556,7 @@ def _check(r: Recipe, where: _Where) -> None:
         raise RecipeError(f"{where(('sampler', 'alpha'))} applies to kinds proportional and sqrt")
     positive(("optimizer", "lr"), r.optimizer.lr, allow_none=False)
     positive(("optimizer", "task_lr"), r.optimizer.task_lr)
+    positive(("optimizer", "head_lr"), r.optimizer.head_lr)
     if not 0 <= r.schedule.warmup_ratio < 1:
         raise RecipeError(f"{where(('schedule', 'warmup_ratio'))} must be in [0, 1)")
     if isinstance(r.eval.every, int):

@@ -250,6 +250,20 @@ def test_frozen_params_have_no_grads_or_optimizer_state(tiny_setup):
     assert all(n.startswith(("task_modules.", "heads.")) for n in tr.param_names)
 
 
+def test_learning_rates_per_part(tiny_setup):
+    backbone, _ = tiny_setup
+    model, tasks = tiny_model(backbone)
+    tr = make_trainer(model, tasks, lr=1e-5, task_lr=1e-4, head_lr=1e-3)
+    for g in tr.optimizer.param_groups:
+        part = {n.split(".", 1)[0] for n in g["names"]}
+        assert len(part) == 1
+        want = {"backbone": 1e-5, "task_modules": 1e-4, "heads": 1e-3}[part.pop()]
+        assert g["lr"] == pytest.approx(want)
+        assert g["weight_decay"] == (
+            0.01 if all(model.get_parameter(n).ndim >= 2 for n in g["names"]) else 0.0
+        )
+
+
 def test_unsampled_tasks_do_not_drift(tiny_setup):
     backbone, data = tiny_setup
     model, tasks = tiny_model(backbone)

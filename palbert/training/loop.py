@@ -81,16 +81,26 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def param_groups(
-    model: nn.Module, lr: float, task_lr: float | None, weight_decay: float
+    model: nn.Module,
+    lr: float,
+    task_lr: float | None,
+    weight_decay: float,
+    head_lr: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Trainable parameters only, in four groups: backbone / task (modules + heads), each with
-    and without weight decay (biases and LayerNorm weights, i.e. 1-D tensors, get none).
+    """Trainable parameters only, grouped by part: backbone (``lr``), task modules
+    (``task_lr``, default ``lr``) and heads (``head_lr``, default ``task_lr``), each with and
+    without weight decay (biases and LayerNorm weights, i.e. 1-D tensors, get none).
     Each group keeps its parameters' names for checkpoints."""
     groups: dict[tuple[str, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "backbone" if name.startswith("backbone.") else "tasks"
+        part = name.split(".", 1)[0]  # backbone, task_modules or heads
+        part_lr = {
+            "backbone": lr,
+            "task_modules": task_lr or lr,
+            "heads": head_lr or task_lr or lr,
+        }.get(part, lr)
         decay = p.ndim >= 2
         g = groups.setdefault(
             (part, decay),
@@ -98,7 +108,7 @@ def param_groups(
                 "params": [],
                 "names": [],
                 "part": part,
-                "lr": lr if part == "backbone" or task_lr is None else task_lr,
+                "lr": part_lr,
                 "weight_decay": weight_decay if decay else 0.0,
             },
         )
@@ -226,6 +236,7 @@ class Trainer:
         *,
         lr: float = 2e-5,
         task_lr: float | None = 1e-3,
+        head_lr: float | None = None,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -250,7 +261,7 @@ class Trainer:
         self.mixed = mixed
         self.seed = seed
         self.pad_id = pad_id
-        self.groups = param_groups(model, lr, task_lr, weight_decay)
+        self.groups = param_groups(model, lr, task_lr, weight_decay, head_lr)
         if not self.groups:
             raise ValueError("the model has no trainable parameters")
         self.params = [p for g in self.groups for p in g["params"]]

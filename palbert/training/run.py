@@ -333,6 +333,7 @@ def train(
         weights={n: tasks[n].spec.loss_weight for n in names},
         lr=o.lr,
         task_lr=o.task_lr,
+        head_lr=o.head_lr,
         weight_decay=o.weight_decay,
         betas=o.betas,
         eps=o.eps,
