@@ -324,3 +324,43 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert str(bad) in err and "Traceback" not in err
     assert os.listdir(tmp_path) == ["bad.safetensors"]
+
+
+def test_trained_run_end_to_end(tmp_path, data, capsys):
+    """A real (4-step, full fine-tuning) `palbert train` run: eval reproduces the run's best
+    dev scores, and its exported encoder + task files reproduce its predictions."""
+    train = pytest.importorskip("palbert.training.run").train
+    recipe = recipe_mod.recipe_from_dict(
+        {
+            "name": "toy",
+            "backbone": {"name": "minilm"},
+            "tasks": SPECS,
+            "train": {"mode": "full", "max_steps": 4, "batch_size": 2, "device": "cpu"},
+            "eval": {"every": 2},
+            "data_dir": str(data),
+            "output_dir": str(tmp_path / "checkpoints"),
+        }
+    )
+    run = train(recipe, progress=False)
+    best = json.loads((run / "summary.json").read_text())["best"]["scores"]
+    assert main(["eval", str(run), "--json", str(tmp_path / "run.json")]) == 0
+    scores = json.loads((tmp_path / "run.json").read_text())
+    assert scores.keys() == best.keys()
+    for name in best:
+        assert scores[name] == pytest.approx(best[name], abs=1e-6)
+
+    files, enc = tmp_path / "files", tmp_path / "encoder"
+    args = ["export", str(run), "--task", "all", "--out", str(files), "--backbone"]
+    assert main([*args, "--backbone-out", str(enc)]) == 0
+    args = ["eval", str(files), "--backbone", str(enc), "--data-dir", str(data)]
+    assert main([*args, "--json", str(tmp_path / "files.json")]) == 0
+    assert json.loads((tmp_path / "files.json").read_text()) == scores
+    # without --backbone, files of a fine-tuned run say which encoder they need
+    assert main(["eval", str(files), "--data-dir", str(data)]) == 2
+    assert "fine-tuned encoder" in capsys.readouterr().err
+
+    model = registered(run_mod.load_run(run)[0], run)
+    fresh = PalBert.from_pretrained(str(enc))
+    for name in model.tasks:
+        fresh.load_task(files / f"{name}.safetensors")
+        assert fresh.predict(name, inputs(name)) == model.predict(name, inputs(name))
