@@ -1,10 +1,10 @@
 """The ``palbert`` command: a thin layer over the library.
 
-    palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume]
-    palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16]
-    palbert eval / predict ...
-    palbert plot RUN_DIR
-    palbert params --backbone minilm --module pal
+palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume]
+palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16]
+palbert eval / predict ...
+palbert plot RUN_DIR
+palbert params --backbone minilm --module pal
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from palbert import __version__
 
 def _params(args: argparse.Namespace) -> int:
     from palbert import ModuleConfig, PalBert, format_report
-    from palbert.tasks.heads import build_head
+    from palbert.tasks import build_task
 
     model = PalBert.from_pretrained(args.backbone, module=ModuleConfig(kind=args.module))
-    for i in range(args.tasks):
-        model.add_task(f"task{i}", build_head({}, model.info.hidden_size, num_labels=2))
+    for name in args.tasks:
+        model.add_task(name, build_task(name).build_head(model.info.hidden_size))
     print(format_report(model.parameter_report()))
     return 0
 
@@ -35,17 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # Each part of palbert registers its own subcommands.
-    for module in ("palbert.training.cli", "palbert.export"):
-        try:
-            add_commands = __import__(module, fromlist=["add_commands"]).add_commands
-        except ImportError:  # TODO(before release): import directly once both parts exist
-            continue
-        add_commands(sub)
+    from palbert import export
+    from palbert.training import cli as training_cli
+
+    training_cli.add_commands(sub)
+    export.add_commands(sub)
 
     p = sub.add_parser("params", help="print the parameter report of a model")
-    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--backbone", default="minilm", help="name, folder or random:<shape>")
     p.add_argument("--module", default="pal", choices=["pal", "low_rank", "adapter", "none"])
-    p.add_argument("--tasks", type=int, default=4)
+    p.add_argument("--tasks", nargs="+", default=["sst", "cfimdb", "quora", "sts"])
     p.set_defaults(func=_params)
     return parser
 
