@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from palbert.taskfile import (
     TaskFileError,
     backbone_fingerprint,
     export_task,
+    file_mode,
     read_task_file,
     register_spec,
     task_specs,
@@ -186,6 +188,7 @@ def export_backbone(model, out: str | Path) -> Path:
     fp = backbone_fingerprint(model)
     meta = {"format": "pt", "palbert.fingerprint": fp, "palbert.base": model.info.name}
     save_file(state, out / "model.safetensors", metadata=meta)
+    os.chmod(out / "model.safetensors", file_mode())  # safetensors writes 0600
     load_tokenizer(model.info).save_pretrained(out)
     return out
 

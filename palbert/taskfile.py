@@ -164,12 +164,20 @@ def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
     return save(tensors, metadata={**metadata, PREFIX + "sha256": digest})
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; exports are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
