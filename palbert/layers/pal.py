@@ -38,8 +38,10 @@ class LowDimAttention(nn.Module):
             return t.view(B, T, self.heads, d // self.heads).transpose(1, 2)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        # mask: (B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend"
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool())
+        # mask: (B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend";
+        # None when nothing is padded lets SDPA take its fastest path.
+        attn_mask = None if bool(mask.all()) else mask[:, None, None, :].bool()
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return y.transpose(1, 2).reshape(B, T, d)
 
 
