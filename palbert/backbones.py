@@ -156,6 +156,11 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
         return Backbone(model=model, config=config, source=name, name=name, impl=impl)
 
     folder = resolve_backbone(name)
+    if not any(Path(folder).glob("*.safetensors")):
+        raise BackboneError(
+            f"backbone folder {folder} has no .safetensors weights; palbert never unpickles "
+            f"weights (convert with transformers: model.save_pretrained(folder))"
+        )
     config = BertConfig.from_pretrained(folder)
     if impl == "transformers":
         from transformers import BertModel
@@ -168,7 +173,7 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
         hf_logging.disable_progress_bar()  # loading takes well under a second
         try:
             model = BertModel.from_pretrained(
-                folder, add_pooling_layer=False, attn_implementation="sdpa"
+                folder, add_pooling_layer=False, attn_implementation="sdpa", use_safetensors=True
             )
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -129,3 +129,17 @@ def test_offline_bert_base_gives_advice_not_a_stack_trace(tmp_path, monkeypatch)
     assert "bert-base-uncased" in msg and "local folder" in msg and "minilm" in msg
     with pytest.raises(BackboneError, match="does not exist"):
         load_backbone(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_minbert_equals_transformers_with_trained_looking_modules(kind, pair_batch):
+    """Both backbones with the same non-zero task modules agree to 1e-5 (float32, eval)."""
+    theirs = minilm("transformers", kind, init="normal")
+    mine = minilm("minbert", kind, init="normal")
+    mine.load_state_dict(theirs.state_dict())
+    with torch.no_grad():
+        a = theirs.encode(**pair_batch, task="b", hidden_states=True)
+        b = mine.encode(**pair_batch, task="b", hidden_states=True)
+    assert (a.last_hidden_state - b.last_hidden_state).abs().max() <= 1e-5
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+        assert (x - y).abs().max() <= 1e-5

@@ -547,7 +547,10 @@ def test_cli_train_with_overrides_then_plot(tiny_setup, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_progressive_depth_follows_training_steps(tiny_setup, tmp_path):
+@pytest.mark.parametrize("steps, active", [(5, {0, 1}), (4, {1})])
+def test_progressive_depth_follows_training_steps(tiny_setup, tmp_path, steps, active):
+    """The loaded model has the PALs its last training step used: step k trains under the
+    schedule of k-1 completed steps, so at 4 steps the second layer has not trained yet."""
     from palbert.recipe import load_recipe
     from palbert.training.run import load_run, train
 
@@ -557,12 +560,12 @@ def test_progressive_depth_follows_training_steps(tiny_setup, tmp_path):
         backbone,
         data,
         module={"kind": "pal", "progressive": {"start": 1, "every": 4}},
-        train={"max_steps": 5},
-        eval={"every": 5},
+        train={"max_steps": steps},
+        eval={"every": steps},
     )
     run = train(load_recipe(path), progress=False)
     model, _, _ = load_run(run)
-    assert model.task_modules["sst"].active == {0, 1}  # step 5: the second layer joined at 4
+    assert model.task_modules["sst"].active == active
 
 
 @pytest.mark.data

@@ -79,7 +79,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     try:
         out = plot_run(args.run_dir, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
     print(out)

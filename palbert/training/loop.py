@@ -503,9 +503,14 @@ def _iter(loader: Any) -> Iterator[dict[str, Any]]:
 def selection_score(
     scores: dict[str, dict[str, float]], tasks: dict[str, Any], metric: str
 ) -> float:
-    """``mean``: the mean of the tasks' primary metrics; ``task.metric``: that one value."""
+    """``mean``: the mean of the tasks' primary metrics; ``task.metric``: that one value.
+
+    In the mean, a NaN metric (a correlation of constant predictions) counts as 0, no
+    correlation, so one such task does not hide the others' progress from model selection.
+    """
     if metric == "mean":
         vals = [scores[t][tasks[t].primary_metric] for t in scores]
+        vals = [0.0 if v != v else v for v in vals]  # v != v: NaN
         return float(sum(vals) / len(vals))
     task, name = metric.split(".", 1)
     if name not in scores[task]:

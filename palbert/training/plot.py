@@ -15,7 +15,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a palbert run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # a run killed while writing its last record
+                break
+            raise ValueError(f"{path}:{i}: not a JSON record ({e.msg})") from None
+    return records
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

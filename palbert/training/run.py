@@ -185,7 +185,7 @@ class RunLog:
             keep = [
                 line
                 for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                if _record(line) is not None and _record(line).get("step", 0) <= resume_step
             ]
             atomic_write_text(path, "".join(x + "\n" for x in keep))
         try:
@@ -480,7 +480,10 @@ def _loop(
 
     while trainer.step_count < total:
         window_idx = sampler.next_window()
-        model.set_progress(trainer.step_count, sampler.epoch)
+        # The schedule this step trains under; evaluations and best.safetensors record it,
+        # so a loaded model has exactly the PALs that were active.
+        progress = (trainer.step_count, sampler.epoch)
+        model.set_progress(*progress)
         window = [(names[i], streams[names[i]].next()) for i in window_idx]
         res = trainer.step(window)
         step = trainer.step_count
@@ -538,7 +541,14 @@ def _loop(
                 atomic_save_file(
                     saved_weights(model),
                     run_dir / "best.safetensors",
-                    {"step": step, "epoch": sampler.epoch, "score": score, "format": "palbert-run"},
+                    {
+                        "step": step,
+                        "epoch": sampler.epoch,
+                        "progress_step": progress[0],
+                        "progress_epoch": progress[1],
+                        "score": score,
+                        "format": "palbert-run",
+                    },
                 )
             bar.write(
                 f"step {step}: dev {' '.join(f'{n} {s[tasks[n].primary_metric]:.3f}' for n, s in scores.items())}"
@@ -607,7 +617,9 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
     if unexpected:
         raise ValueError(f"{path} has weights the model lacks: {unexpected[:5]}")
     meta = read_metadata(path) if which == "best" else {}
-    if "step" in meta:
+    if "progress_step" in meta:
+        model.set_progress(int(meta["progress_step"]), int(meta["progress_epoch"]))
+    elif "step" in meta:
         model.set_progress(int(meta["step"]), int(meta.get("epoch", 0)))
     else:
         state = (
@@ -620,6 +632,14 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
         )
     model.eval()
     return model, tasks, recipe
+
+
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl record, or None for a blank or partial line (a run killed mid-write)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 __all__ = ["TrainingInterrupted", "build_model", "build_tasks", "load_run", "train"]
