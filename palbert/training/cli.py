@@ -15,6 +15,7 @@ from pathlib import Path
 def _train(args: argparse.Namespace) -> int:
     from palbert.recipe import RecipeError, apply_overrides, load_recipe
     from palbert.tasks import DataError
+    from palbert.training.checkpoint import atomic_write_text
     from palbert.training.loop import NonFiniteLoss
     from palbert.training.run import train
 
@@ -33,12 +34,20 @@ def _train(args: argparse.Namespace) -> int:
             raw_path = run / "recipe.yaml"
             import yaml
 
-            raw = yaml.safe_load(raw_path.read_text())
+            original = raw_path.read_text()
+            raw = yaml.safe_load(original)
             apply_overrides(raw, overrides)
-            raw_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+            atomic_write_text(raw_path, yaml.safe_dump(raw, sort_keys=False))
             resume = run
-        run_dir = train(recipe, resume=resume, progress=not no_progress)
-    except (RecipeError, DataError) as e:
+            try:
+                run_dir = train(recipe, resume=resume, progress=not no_progress)
+            except (RecipeError, DataError, ValueError):
+                # the resume was refused: the run keeps the recipe its weights were trained with
+                atomic_write_text(raw_path, original)
+                raise
+        else:
+            run_dir = train(recipe, resume=resume, progress=not no_progress)
+    except (RecipeError, DataError, ValueError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:

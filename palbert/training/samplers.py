@@ -212,7 +212,10 @@ class TaskSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``; refuses a state of a differently configured sampler."""
-        for key in ("kind", "sizes", "seed", "draws", "per"):
+        keys = ["kind", "sizes", "seed", "draws", "per"]
+        if self.kind == "annealed":  # its probabilities depend on the number of epochs E
+            keys.append("epochs")
+        for key in keys:
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"sampler state does not match: {key} was {state[key]!r}, now "
