@@ -250,14 +250,14 @@ def train(
     precision = resolve_precision(t.precision, device)
     seed_everything(t.seed)
 
-    # Everything that can fail on the user's setup happens before the run folder exists.
-    # The backbone first: an unreachable one is the commonest failure and has the clearest
-    # message (palbert.backbones.BackboneError).
+    # Everything that can fail on the user's setup happens before the run folder exists:
+    # the task specs and data folder (cheap checks, nothing read yet), then the backbone,
+    # whose unreachable-hub message (palbert.backbones.BackboneError) says what to do.
+    data_dir = resolve_data_dir(recipe)
+    tasks = build_tasks(recipe, data_dir)
     backbone = PalBert.from_pretrained(
         recipe.backbone.name, impl=recipe.backbone.impl, module=recipe.module
     )
-    data_dir = resolve_data_dir(recipe)
-    tasks = build_tasks(recipe, data_dir)
     model = build_model(recipe, tasks, backbone)
     tokenizer = load_tokenizer(model.info)
     entries = {e.name: e for e in recipe.tasks}
