@@ -161,26 +161,18 @@ class PalBert(nn.Module):
 
     def _features(self, batch: Mapping[str, torch.Tensor], head: nn.Module, task: str):
         hidden = getattr(head, "needs_hidden_states", False)
-        feats = [
+        # a bi-encoder head sees each sentence encoded alone (keys *_b hold the second)
+        suffixes = ("", "_b") if getattr(head, "encoding", "single") == "bi" else ("",)
+        return [
             self.encode(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch.get("token_type_ids"),
+                batch["input_ids" + s],
+                batch["attention_mask" + s],
+                batch.get("token_type_ids" + s),
                 task=task,
                 hidden_states=hidden,
             )
+            for s in suffixes
         ]
-        if getattr(head, "encoding", "single") == "bi":
-            feats.append(
-                self.encode(
-                    batch["input_ids_b"],
-                    batch["attention_mask_b"],
-                    batch.get("token_type_ids_b"),
-                    task=task,
-                    hidden_states=hidden,
-                )
-            )
-        return feats
 
     # -- training modes and memory -------------------------------------------------------
     def set_train_mode(self, mode: TrainMode) -> None:

@@ -99,6 +99,11 @@ def test_pal_is_the_papers_formula():
     scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 12)
     torch.testing.assert_close(got, pal.V_D(y), rtol=0, atol=1e-12)
+    # No padding: the Route passes no mask (SDPA's fast path), same result as a mask of ones.
+    ones = torch.ones(2, 5, dtype=torch.long)
+    torch.testing.assert_close(
+        pal.residual(1, h, None), pal.residual(1, h, ones), rtol=0, atol=1e-12
+    )
 
 
 def test_bad_configs_are_refused_with_the_key():

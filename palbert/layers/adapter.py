@@ -37,10 +37,10 @@ class Adapter(nn.Module):
         ups = [b.up for b in [*self.attention.values(), *self.ffn.values()]]
         reset_parameters(self, config.init, outputs=ups)
 
-    def attention_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor):
+    def attention_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor | None):
         """The adapter's addition to the attention output projection's result x."""
         return self.attention[str(layer)](x) if layer in self.layer_ids else None
 
-    def ffn_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor):
+    def ffn_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor | None):
         """The adapter's addition to the feed-forward output projection's result x."""
         return self.ffn[str(layer)](x) if layer in self.layer_ids else None

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 class Route:
     """Which task module each example of the current forward goes through."""
 
-    mask: torch.Tensor  # (batch, seq) padding mask of the encoder input
+    mask: torch.Tensor | None  # (batch, seq) padding mask; None when nothing is padded
     task: str | None = None  # one task for the whole batch ...
     groups: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # ... or (task, rows)
     h: dict[int, torch.Tensor] = field(default_factory=dict)  # each layer's input
@@ -40,6 +40,8 @@ class Route:
         task_ids: torch.Tensor | None = None,
         names: list[str] | None = None,
     ) -> Route:
+        # One check per forward (not per layer): no mask lets SDPA take its fast path.
+        mask = None if bool(mask.all()) else mask
         if task_ids is None:
             return cls(mask=mask, task=task)
         groups = []
@@ -58,7 +60,7 @@ class Router:
         self.handles: list = []
 
     def term(
-        self, method: str, layer: int, x: torch.Tensor, mask: torch.Tensor
+        self, method: str, layer: int, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
         """The summed contribution of the routed task modules, or None if there is none."""
         route = self.current
@@ -73,7 +75,7 @@ class Router:
             fn = getattr(self.modules[name] if name in self.modules else None, method, None)
             if fn is None:
                 continue
-            t = fn(layer, x[rows], mask[rows])
+            t = fn(layer, x[rows], None if mask is None else mask[rows])
             if t is None:
                 continue
             out = (x.new_zeros(x.shape) if out is None else out).index_add(0, rows, t)

@@ -30,7 +30,9 @@ class LowRank(nn.Module):
         outputs = [self.V_D] if config.shared else list(self.V_D.values())
         reset_parameters(self, config.init, outputs=outputs)
 
-    def residual(self, layer: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def residual(
+        self, layer: int, h: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if layer not in self.layer_ids:
             return None
         V_E = self.V_E if self.config.shared else self.V_E[str(layer)]

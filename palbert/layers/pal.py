@@ -31,7 +31,7 @@ class LowDimAttention(nn.Module):
         self.key = nn.Linear(d, d)
         self.value = nn.Linear(d, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, d = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, heads, T, d/heads)
@@ -39,8 +39,8 @@ class LowDimAttention(nn.Module):
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         # mask: (B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend";
-        # None when nothing is padded lets SDPA take its fastest path.
-        attn_mask = None if bool(mask.all()) else mask[:, None, None, :].bool()
+        # None (nothing padded, decided once per forward by the Route) is SDPA's fast path.
+        attn_mask = None if mask is None else mask[:, None, None, :].bool()
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return y.transpose(1, 2).reshape(B, T, d)
 
@@ -83,7 +83,9 @@ class PAL(nn.Module):
         n = prog.num_active(step, epoch, len(self.layer_ids))
         self.active = set(sorted(self.layer_ids)[-n:]) if n > 0 else set()
 
-    def residual(self, layer: int, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def residual(
+        self, layer: int, h: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
         """TS(h) for this layer, or None where no PAL is active."""
         if layer not in self.active:
             return None
