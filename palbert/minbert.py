@@ -33,6 +33,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig
 
+from palbert.errors import BackboneError
+
 
 @dataclass
 class MinBertOutput:
@@ -256,8 +258,6 @@ class MinBert(nn.Module):
 
             model = MinBert.from_pretrained(palbert.backbones.embedded_path())
         """
-        from palbert.backbones import BackboneError  # lazy: backbones imports this module lazily
-
         path = Path(path).expanduser()
         folder = path.parent if path.suffix == ".safetensors" else path
         if config is None:

@@ -13,34 +13,18 @@ State-dict keys: ``backbone.*`` (transformers' BertModel keys), ``task_modules.<
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from palbert.backbones import Backbone, Impl, load_backbone
+from palbert.encoded import Encoded
 from palbert.layers import ModuleConfig, Route, Router, build_module
+from palbert.tasks.spec import TaskSpec
 
 TrainMode = Literal["full", "frozen", "heads"]
 TRAIN_MODES = ("full", "frozen", "heads")
-
-
-@dataclass
-class Encoded:
-    """What a head sees of one encoded segment.
-
-    ``hidden_states`` holds the embedding output then each layer's output (as transformers
-    returns them) when the head asked for it (``head.needs_hidden_states``), else None.
-    """
-
-    last_hidden_state: torch.Tensor  # (batch, seq, hidden)
-    attention_mask: torch.Tensor  # (batch, seq), 1 for real tokens
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-
-    def rows(self, idx: torch.Tensor) -> Encoded:
-        hs = None if self.hidden_states is None else tuple(h[idx] for h in self.hidden_states)
-        return Encoded(self.last_hidden_state[idx], self.attention_mask[idx], hs)
 
 
 class PalBert(nn.Module):
@@ -54,6 +38,7 @@ class PalBert(nn.Module):
         self.task_modules = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.task_configs: dict[str, ModuleConfig] = {}
+        self.specs: dict[str, TaskSpec | None] = {}
         self.router = Router(self.task_modules)
         self.router.inject(backbone.layers)
         self.train_mode: TrainMode = "full"
@@ -73,8 +58,20 @@ class PalBert(nn.Module):
     def tasks(self) -> list[str]:
         return list(self.heads.keys())
 
-    def add_task(self, name: str, head: nn.Module, module: ModuleConfig | None = None) -> None:
-        """Add a task with its head; its module follows ``module`` or the model's default."""
+    def add_task(
+        self,
+        name: str,
+        head: nn.Module,
+        module: ModuleConfig | None = None,
+        spec: TaskSpec | Mapping | None = None,
+    ) -> None:
+        """Add a task with its head; its module follows ``module`` or the model's default.
+
+        ``spec`` (a TaskSpec, a mapping or a :class:`palbert.tasks.Task`) is what
+        :meth:`predict` and :meth:`save_task` need: labels, encoding and max_length.
+        """
+        if spec is not None:
+            spec = TaskSpec.coerce(spec, name)
         if name in self.heads:
             raise ValueError(f"task {name!r} is already in the model; remove it first")
         config = (module or self.module_config).resolved(self.info.hidden_size)
@@ -84,6 +81,7 @@ class PalBert(nn.Module):
             self.task_modules[name] = task_module.to(device=ref.device, dtype=ref.dtype)
         self.heads[name] = head
         self.task_configs[name] = config
+        self.specs[name] = spec
         self.set_train_mode(self.train_mode)
 
     def remove_task(self, name: str) -> None:
@@ -93,6 +91,7 @@ class PalBert(nn.Module):
         if name in self.task_modules:
             del self.task_modules[name]
         del self.task_configs[name]
+        del self.specs[name]
 
     def set_progress(self, step: int, epoch: int) -> None:
         """Advance schedules that depend on training progress (progressive PAL depth)."""
@@ -114,17 +113,13 @@ class PalBert(nn.Module):
         """Run the encoder with ``task``'s module (or each row's, by ``task_ids``)."""
         if task is not None and task not in self.heads:
             raise KeyError(f"no task {task!r}; tasks: {self.tasks}")
-        previous = self.router.current
-        self.router.current = Route.of(attention_mask, task, task_ids, self.tasks)
-        try:
+        with self.router.routing(Route.of(attention_mask, task, task_ids, self.tasks)):
             out = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 token_type_ids=token_type_ids,
                 output_hidden_states=hidden_states,
             )
-        finally:
-            self.router.current = previous
         hs = tuple(out.hidden_states) if hidden_states else None
         return Encoded(out.last_hidden_state, attention_mask, hs)
 

@@ -27,12 +27,10 @@ Only safetensors is read for weights: nothing here unpickles a user's file.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ import torch
 from torch import nn
 
 from palbert.backbones import fingerprint
+from palbert.files import atomic_write_bytes
 from palbert.layers import ModuleConfig, build_module
 from palbert.tasks.task import DEFAULT_MAX_LENGTH
 
@@ -89,29 +88,19 @@ class TaskFile:
 
 
 def task_specs(model: nn.Module) -> dict[str, TaskSpec]:
-    """The specs palbert knows for ``model``'s tasks (filled by :func:`load_task` and
-    :func:`register_spec`); kept beside the model without changing its state dict."""
-    return model.__dict__.setdefault("_palbert_task_specs", {})
+    """The specs of ``model``'s tasks (see :meth:`PalBert.add_task`)."""
+    return model.specs
 
 
 def register_spec(model: PalBert, name: str, spec: Any) -> None:
-    """Remember the spec (a TaskSpec, a Task, or a spec mapping) of a task of ``model``, so
-    :func:`predict` and :func:`export_task` work on models built from a run folder."""
-    task_specs(model)[name] = _as_spec(spec, name)
+    """Set the spec of a task of ``model``."""
+    model.specs[name] = _as_spec(spec, name)
 
 
 def _as_spec(spec: Any, name: str | None = None) -> TaskSpec:
     from palbert.tasks.spec import TaskSpec
 
-    if hasattr(spec, "spec") and hasattr(spec, "to_dict"):  # a Task: its labels resolved
-        spec = spec.to_dict()
-    if isinstance(spec, dict):
-        spec = TaskSpec.from_dict(spec)
-    if not isinstance(spec, TaskSpec):
-        raise TypeError(f"expected a TaskSpec, a Task or a spec mapping, not {type(spec).__name__}")
-    if name is not None and spec.name != name:
-        spec = dataclasses.replace(spec, name=name)
-    return spec
+    return TaskSpec.coerce(spec, name)
 
 
 # -- fingerprints, cached while the weights do not change ---------------------------------
@@ -162,26 +151,6 @@ def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> by
     (n,) = struct.unpack("<Q", blob[:8])
     digest = hashlib.sha256(blob[8 + n :]).hexdigest()
     return save(tensors, metadata={**metadata, PREFIX + "sha256": digest})
-
-
-def file_mode() -> int:
-    """The mode a new file gets under the current umask (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; exports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def task_tensors(
@@ -262,7 +231,7 @@ def export_task(
         PREFIX + "backbone": json.dumps(backbone),
         PREFIX + "dtype": str(stored).removeprefix("torch."),
     }
-    _write_atomic(path, _serialize(tensors, metadata))
+    atomic_write_bytes(path, _serialize(tensors, metadata))
     return path
 
 

@@ -385,7 +385,7 @@ def test_hf_dataset_rows_and_classlabel_names(monkeypatch):
         return ds
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr("palbert.tasks.readers._hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr("palbert.tasks.readers.hub_reachable", lambda timeout=3.0: True)
     task = build_task(
         {"name": "hf", "text": "sentence", "dataset": {"name": "glue", "config": "sst2"}},
         cache_dir=False,

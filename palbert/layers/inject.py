@@ -15,7 +15,8 @@ the whole batch, or ``task_ids`` (one index per example) for mixed batches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,15 @@ class Router:
         self.current: Route | None = None
         self.checkpointing = False
         self.handles: list = []
+
+    @contextlib.contextmanager
+    def routing(self, route: Route) -> Iterator[None]:
+        """Run the forwards inside the block with ``route`` (restored afterwards)."""
+        previous, self.current = self.current, route
+        try:
+            yield
+        finally:
+            self.current = previous
 
     def term(
         self, method: str, layer: int, x: torch.Tensor, mask: torch.Tensor | None

@@ -2,7 +2,7 @@
 
 The contract the multi-task model relies on: a head has ``encoding`` ("single", "cross" or
 "bi") and ``needs_hidden_states``; ``forward(features)`` takes a list of
-:class:`palbert.model.Encoded` (one for single/cross inputs, two for "bi": sentence a and
+:class:`palbert.encoded.Encoded` (one for single/cross inputs, two for "bi": sentence a and
 sentence b, each encoded alone) and returns logits ``(batch, num_labels)`` for classification or
 scores ``(batch,)`` for regression.
 
@@ -33,7 +33,7 @@ from torch import nn
 from palbert.tasks.spec import HeadSpec
 
 if TYPE_CHECKING:
-    from palbert.model import Encoded
+    from palbert.encoded import Encoded
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from palbert.hub import hub_reachable
 from palbert.tasks.errors import DataError
 from palbert.tasks.spec import DatasetSpec, TaskSpec, canonical_label
 
@@ -235,7 +236,7 @@ def read_hf_dataset(ds_spec: DatasetSpec, split: str) -> Table:
         raise DataError("reading a Hugging Face dataset needs the 'datasets' package") from e
     label = f"{ds_spec.name}" + (f"/{ds_spec.config}" if ds_spec.config else "")
     offline = _hf_offline()
-    reachable = not offline and _hub_reachable()
+    reachable = not offline and hub_reachable()
     try:
         # unreachable hub: answer from the local cache at once instead of retrying for minutes
         with _forced_offline(not reachable):
@@ -275,16 +276,6 @@ def read_hf_dataset(ds_spec: DatasetSpec, split: str) -> Table:
     )
     table.class_names = names  # type: ignore[attr-defined]
     return table
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

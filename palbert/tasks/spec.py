@@ -35,6 +35,7 @@ HEAD_TYPES = ("linear", "mlp", "cosine")
 POOLINGS = ("cls", "mean", "last_k")
 TOKEN_POOLINGS = ("cls", "mean")
 ACTIVATIONS = ("relu", "gelu", "tanh")
+DEFAULT_MAX_LENGTH = 128  # tokens per input when neither the task nor the recipe sets one
 BI_FEATURES = ("u", "v", "|u-v|", "u*v")
 COSINE_SCALES = ("relu", "affine")
 METRICS = ("accuracy", "f1", "f1_macro", "pearson", "spearman")
@@ -262,6 +263,22 @@ class TaskSpec:
     batch_size: int | None = None
     max_length: int | None = None
     loss_weight: float = 1.0
+
+    @classmethod
+    def coerce(cls, spec: Any, name: str | None = None) -> TaskSpec:
+        """A TaskSpec from a TaskSpec, a mapping, or a :class:`palbert.tasks.Task` (its
+        :meth:`~palbert.tasks.Task.resolved_spec`), renamed to ``name`` when given."""
+        if hasattr(spec, "resolved_spec"):
+            spec = spec.resolved_spec()
+        if isinstance(spec, dict):
+            spec = cls.from_dict(spec)
+        if not isinstance(spec, cls):
+            raise TypeError(
+                f"expected a TaskSpec, a Task or a spec mapping, not {type(spec).__name__}"
+            )
+        if name is not None and spec.name != name:
+            spec = dataclasses.replace(spec, name=name)
+        return spec
 
     @classmethod
     def keys(cls) -> list[str]:

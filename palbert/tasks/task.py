@@ -33,7 +33,7 @@ from palbert.tasks.readers import (
     read_hf_dataset,
     read_records,
 )
-from palbert.tasks.spec import BUILTIN_SPECS, TaskSpec
+from palbert.tasks.spec import BUILTIN_SPECS, DEFAULT_MAX_LENGTH, TaskSpec
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("palbert.tasks")
 
-DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 32
 ON_ERROR = ("raise", "skip")
 
@@ -142,6 +141,20 @@ class Task:
             d["labels"] = self.labels
             d["num_labels"] = len(d["labels"])
         return d
+
+    def resolved_spec(self, max_length: int | None = None) -> TaskSpec:
+        """The spec with everything a model needs to predict without the data: labels
+        resolved and ``max_length`` filled (the spec's own, else ``max_length``, e.g. the
+        recipe's ``train.max_length``, else :data:`DEFAULT_MAX_LENGTH`)."""
+        import dataclasses
+
+        labels = tuple(self.labels) if self.kind == "classification" else None
+        return dataclasses.replace(
+            self.spec,
+            labels=labels,
+            num_labels=len(labels) if labels is not None else None,
+            max_length=self.spec.max_length or max_length or DEFAULT_MAX_LENGTH,
+        )
 
     # -- files ----------------------------------------------------------------------------
     def splits(self) -> list[str]:

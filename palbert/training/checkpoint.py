@@ -34,6 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from palbert.files import atomic_write_text, atomic_write_with
+
 FORMAT = 1
 
 
@@ -56,28 +58,9 @@ def atomic_save_file(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
 ) -> None:
     """safetensors ``save_file`` into a temporary file, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        meta = {k: str(v) for k, v in (metadata or {}).items()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:

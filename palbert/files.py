@@ -1,0 +1,76 @@
+"""Writing files so that a crash, a kill or a power cut never leaves half of one.
+
+Every file palbert writes for later use (run folders, checkpoints, task files, token
+caches) goes through here: the bytes go to a temporary file in the same folder, which is
+flushed and fsynced, then renamed over the target, and the folder is fsynced so the rename
+itself survives a power cut::
+
+    atomic_write_bytes(path, blob)
+    atomic_write_text(run_dir / "summary.json", text)
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp))  # a writer that wants a path
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Persist a folder's entries (a rename into it); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over
+    ``path``. The new file gets the umask's mode (mkstemp's 0600 is for secrets, not
+    results); on any failure the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_with`)."""
+    return atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_with`)."""
+    return atomic_write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_with", "file_mode", "fsync_dir"]
