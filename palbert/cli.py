@@ -21,7 +21,7 @@ def _params(args: argparse.Namespace) -> int:
 
     model = PalBert.from_pretrained(args.backbone, module=ModuleConfig(kind=args.module))
     for name in args.tasks:
-        model.add_task(name, build_task(name).build_head(model.info.hidden_size))
+        model.add_task(name, build_task(name).build_head(model.hidden_size))
     print(format_report(model.parameter_report()))
     return 0
 

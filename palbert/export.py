@@ -13,6 +13,10 @@ RUN_DIR defaults to the newest complete run (one with a ``COMPLETE`` file) under
 ``checkpoints/``. A run folder is read by :func:`palbert.training.run.load_run`; its
 ``best.safetensors`` holds ``backbone.*`` keys only when the run trained the encoder.
 
+This module is the commands' glue: task files are written and read by
+:meth:`PalBert.save_task` / :meth:`PalBert.load_task` (format: :mod:`palbert.taskfile`), and
+eval and predict run through :mod:`palbert.inference`, as training's dev evaluation does.
+
 Library use::
 
     paths = export_run("checkpoints/quickstart-20260101-120000", task="all", out="tasks/")
@@ -33,15 +37,11 @@ from typing import Any
 import torch
 
 from palbert.files import file_mode
-from palbert.taskfile import (
-    DTYPES,
-    TaskFileError,
-    backbone_fingerprint,
-    export_task,
-    read_task_file,
-    register_spec,
-    task_specs,
-)
+from palbert.inference import evaluate, run_split
+from palbert.model import PalBert
+from palbert.taskfile import DTYPES, TaskFileError, read_task_file
+from palbert.tasks import DataError, build_task, write_predictions
+from palbert.training.run import load_run
 
 DEFAULT_CHECKPOINTS = "checkpoints"
 _STAMP = re.compile(r"-(\d{8}-\d{6})$")
@@ -52,18 +52,6 @@ class ExportError(RuntimeError):
 
 
 # -- run folders --------------------------------------------------------------------------
-
-
-def load_run(run_dir: str | Path, which: str = "best"):
-    """``(model, tasks, recipe)`` of a run folder, read by palbert's training package."""
-    try:
-        from palbert.training.run import load_run as _load_run
-    except ImportError as e:
-        raise ExportError(
-            f"cannot read run folder {run_dir}: palbert.training.run.load_run is not available "
-            f"({e})"
-        ) from e
-    return _load_run(run_dir, which=which)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -135,7 +123,6 @@ def export_run(
     if unknown:
         raise ExportError(f"run {run_dir} has no task {unknown[0]!r}; its tasks: {list(tasks)}")
     fine_tuned = trained_backbone(run_dir)
-    fp = backbone_fingerprint(model)  # once for all tasks: hashing bert-base takes a second
     if task == "all":
         folder = Path(out) if out is not None else Path(".")
         if folder.exists() and not folder.is_dir():
@@ -144,20 +131,7 @@ def export_run(
     else:
         path = Path(out) if out is not None else Path(f"{task}.safetensors")
         targets = {task: path / f"{task}.safetensors" if path.is_dir() else path}
-    written = []
-    for name, path in targets.items():
-        written.append(
-            export_task(
-                model,
-                name,
-                path,
-                dtype=dtype,
-                spec=tasks[name],
-                fine_tuned=fine_tuned,
-                backbone_fp=fp,
-            )
-        )
-    return written
+    return [model.save_task(n, p, dtype, fine_tuned=fine_tuned) for n, p in targets.items()]
 
 
 def export_backbone(model, out: str | Path) -> Path:
@@ -168,8 +142,6 @@ def export_backbone(model, out: str | Path) -> Path:
     load it; its fingerprint is the one that task files exported from the same model name.
     """
     from safetensors.torch import save_file
-
-    from palbert.backbones import load_tokenizer
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
@@ -182,14 +154,14 @@ def export_backbone(model, out: str | Path) -> Path:
         for k, t in model.backbone.state_dict().items()
         if not k.endswith("position_ids")  # rebuilt by BertModel, not a weight
     }
-    config = model.info.config.__class__.from_dict(model.info.config.to_dict())
+    info = model.backbone_info
+    config = info.config.__class__.from_dict(info.config.to_dict())
     config.architectures = ["BertModel"]
     config.save_pretrained(out)
-    fp = backbone_fingerprint(model)
-    meta = {"format": "pt", "palbert.fingerprint": fp, "palbert.base": model.info.name}
+    meta = {"format": "pt", "palbert.fingerprint": model.fingerprint(), "palbert.base": info.name}
     save_file(state, out / "model.safetensors", metadata=meta)
     os.chmod(out / "model.safetensors", file_mode())  # safetensors writes 0600
-    load_tokenizer(model.info).save_pretrained(out)
+    model.tokenizer.save_pretrained(out)
     return out
 
 
@@ -210,9 +182,6 @@ def open_models(
     Task files load onto ``backbone`` (default: the one named in the first file, unless it
     was a fine-tuned encoder, which must be given).
     """
-    from palbert.model import PalBert
-    from palbert.tasks import build_task
-
     files = [Path(p) for p in paths]
     if len(files) == 1 and files[0].is_dir() and not is_run_dir(files[0]):
         # a folder of exported task files (palbert export --task all --out DIR)
@@ -226,8 +195,6 @@ def open_models(
         model, tasks, _ = load_run(run)
         if data_dir is not None:  # the user points at another copy of the data
             tasks = {n: build_task(t.spec, data_dir=data_dir) for n, t in tasks.items()}
-        for name, task in tasks.items():
-            register_spec(model, name, task)
         return model, tasks
     first = read_task_file(files[0]).backbone
     if backbone is None:
@@ -242,7 +209,7 @@ def open_models(
     tasks = {}
     for f in files:
         name = model.load_task(f, force=force)
-        tasks[name] = build_task(task_specs(model)[name], data_dir=data_dir)
+        tasks[name] = build_task(model.spec(name), data_dir=data_dir)
     return model, tasks
 
 
@@ -252,36 +219,8 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def run_split(model, task, split: str, batch_size: int = 32, device: torch.device | None = None):
-    """``(ids, predictions, labels or None)`` of one task over one split, batched, no grad.
-
-    ``predictions`` is what ``task.predict`` returns for the whole split.
-    """
-    from palbert.backbones import load_tokenizer
-
-    tokenizer = model.__dict__.get("_palbert_tokenizer") or load_tokenizer(model.info)
-    device = device or next(model.parameters()).device
-    model.to(device).eval()
-    loader = task.batches(split, tokenizer, batch_size=batch_size, shuffle=False)
-    ids: list[str] = []
-    outputs, labels = [], []
-    with torch.no_grad():
-        for batch in loader:
-            ids += batch["ids"]
-            tensors = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            outputs.append(model(tensors, task=task.name).float().cpu())
-            if "labels" in batch:
-                labels.append(batch["labels"])
-    if not outputs:
-        raise ExportError(f"task {task.name!r} split {split!r} has no rows")
-    preds = task.predict(torch.cat(outputs))
-    return ids, preds, torch.cat(labels) if labels else None
-
-
 def _input_task(task, path: Path, fmt: str):
     """The task reading a user's file as its unlabelled "test" split."""
-    from palbert.tasks import build_task
-
     d = task.to_dict()
     d.pop("dataset", None)
     d.update(files={"test": str(path.resolve())}, format=fmt, extends=None)
@@ -295,8 +234,6 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     """Print known errors as one line (plus how to fix) instead of a traceback."""
 
     def run(args: argparse.Namespace) -> int:
-        from palbert.tasks import DataError
-
         try:
             return fn(args)
         except (ExportError, TaskFileError, DataError, KeyError) as e:
@@ -326,7 +263,7 @@ def _export(args: argparse.Namespace) -> int:
         if not trained_backbone(run):
             raise ExportError(
                 f"run {run} did not train its encoder (its best.safetensors has no backbone.* "
-                f"keys): its tasks load on the stock backbone {model.info.name!r}"
+                f"keys): its tasks load on the stock backbone {model.backbone_info.name!r}"
             )
         folder = Path(args.backbone_out or f"{run.name}-backbone")
         export_backbone(model, folder)
@@ -361,10 +298,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = _device(args.device)
     results = {}
     for name, task in tasks.items():
-        _, preds, labels = run_split(model, task, args.split, args.batch_size, device)
-        if labels is None:
-            raise ExportError(f"task {name!r} split {args.split!r} has no labels to evaluate")
-        results[name] = task.evaluate(preds, labels)
+        results[name] = evaluate(model, {name: task}, args.split, args.batch_size, device)[name]
         shown = "  ".join(f"{k} {v:.4f}" for k, v in results[name].items())
         print(f"{name:<12} {args.split:<6} {shown}")
     if args.json:
@@ -374,8 +308,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 @_errors
 def _predict(args: argparse.Namespace) -> int:
-    from palbert.tasks import write_predictions
-
     model, tasks = _open(args)
     if args.input is not None and len(tasks) != 1:
         raise ExportError(f"--input goes to one task: add --task (one of {list(tasks)})")
@@ -386,10 +318,10 @@ def _predict(args: argparse.Namespace) -> int:
         split = args.split
         if args.input is not None:
             task, split = _input_task(task, Path(args.input), args.input_format), "test"
-        ids, preds, _ = run_split(model, task, split, args.batch_size, device)
+        res = run_split(model, task, split, args.batch_size, device)
         tag = Path(args.input).stem if args.input is not None else args.split
-        path = write_predictions(out, task, ids, preds, tag, fmt=args.format)
-        print(f"{name:<12} {len(ids):>6} rows -> {path}")
+        path = write_predictions(out, task, res.ids, res.predictions, tag, fmt=args.format)
+        print(f"{name:<12} {len(res.ids):>6} rows -> {path}")
     return 0
 
 

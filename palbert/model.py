@@ -1,30 +1,68 @@
 """The multi-task model: one shared encoder, per-task modules and heads.
 
 >>> from palbert import PalBert, ModuleConfig
+>>> from palbert.tasks import build_task
 >>> model = PalBert.from_pretrained("minilm", module=ModuleConfig(kind="pal"))
->>> model.add_task("sst", head)            # any head following palbert.tasks' contract
+>>> sst = build_task("sst", data_dir="../shared/data/cs224n")
+>>> model.add_task("sst", sst.build_head(model.hidden_size), spec=sst.resolved_spec())
 >>> logits = model(batch, task="sst")       # one task for the whole batch
 >>> outs = model(batch_with_task_ids)       # mixed batch: {task: outputs of its rows}
+>>> model.predict("sst", ["a gripping film"])
+>>> model.save_task("sst", "sst.safetensors"); model.load_task("sst.safetensors", name="sst2")
 
+The model owns its tasks: one :class:`TaskRecord` each (spec, module config, module, head),
+so a model from any source (a run folder, task files, code) can predict and be exported.
 State-dict keys: ``backbone.*`` (transformers' BertModel keys), ``task_modules.<task>.*``,
 ``heads.<task>.*``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from palbert.backbones import Backbone, Impl, load_backbone
+from palbert.backbones import (
+    Backbone,
+    Impl,
+    check_tokenizer,
+    fingerprint,
+    load_backbone,
+    load_tokenizer,
+)
 from palbert.encoded import Encoded
 from palbert.layers import ModuleConfig, Route, Router, build_module
+from palbert.taskfile import (
+    TaskFile,
+    TaskFileError,
+    check_backbone,
+    config_dict,
+    dtype_of,
+    fill_module,
+    read_task_file,
+    write_task_file,
+)
+from palbert.tasks.heads import build_head
 from palbert.tasks.spec import TaskSpec
 
 TrainMode = Literal["full", "frozen", "heads"]
 TRAIN_MODES = ("full", "frozen", "heads")
+
+
+@dataclass
+class TaskRecord:
+    """One task of a model: what :meth:`PalBert.task` returns."""
+
+    name: str
+    spec: TaskSpec | None  # labels, encoding, max_length...: None only for code-built tasks
+    config: ModuleConfig  # resolved (kind "none": no module)
+    module: nn.Module | None
+    head: nn.Module
 
 
 class PalBert(nn.Module):
@@ -32,7 +70,7 @@ class PalBert(nn.Module):
 
     def __init__(self, backbone: Backbone, module: ModuleConfig | None = None) -> None:
         super().__init__()
-        self.info = backbone  # config, source, impl of the encoder
+        self.backbone_info = backbone  # name, source, impl and config of the encoder
         self.backbone = backbone.model
         self.module_config = module or ModuleConfig(kind="pal")
         self.task_modules = nn.ModuleDict()
@@ -42,6 +80,8 @@ class PalBert(nn.Module):
         self.router = Router(self.task_modules)
         self.router.inject(backbone.layers)
         self.train_mode: TrainMode = "full"
+        self._tokenizer: Any = None
+        self._fingerprint: tuple[tuple, str] | None = None
 
     @classmethod
     def from_pretrained(
@@ -50,13 +90,58 @@ class PalBert(nn.Module):
         impl: Impl = "transformers",
         module: ModuleConfig | None = None,
     ) -> PalBert:
-        """Load an encoder (hub name, folder, ``minilm`` or ``random:<shape>``) and wrap it."""
-        return cls(load_backbone(backbone, impl=impl), module=module)
+        """Load an encoder (hub name, folder, ``minilm`` or ``random:<shape>``) and wrap it;
+        the model comes in eval mode, as transformers' models do."""
+        return cls(load_backbone(backbone, impl=impl), module=module).eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone_info.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone_info.num_layers
+
+    @property
+    def tokenizer(self) -> Any:
+        """The backbone's tokenizer, loaded once and checked against the encoder's vocabulary."""
+        if self._tokenizer is None:
+            tokenizer = load_tokenizer(self.backbone_info)
+            check_tokenizer(self.backbone_info, tokenizer)
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def fingerprint(self) -> str:
+        """:func:`palbert.backbones.fingerprint` of the encoder's weights, recomputed only when
+        a weight changed (torch bumps a tensor's ``_version`` on every in-place update)."""
+        key = tuple(
+            (t.data_ptr(), t._version, t.dtype) for t in self.backbone.state_dict().values()
+        )
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            self._fingerprint = (key, fingerprint(self.backbone))
+        return self._fingerprint[1]
 
     # -- tasks ---------------------------------------------------------------------------
     @property
     def tasks(self) -> list[str]:
         return list(self.heads.keys())
+
+    def task(self, name: str) -> TaskRecord:
+        """Everything the model holds for task ``name``."""
+        if name not in self.heads:
+            raise KeyError(f"no task {name!r}; tasks: {self.tasks}")
+        module = self.task_modules[name] if name in self.task_modules else None
+        return TaskRecord(name, self.specs[name], self.task_configs[name], module, self.heads[name])
+
+    def spec(self, name: str) -> TaskSpec:
+        """The spec of task ``name``; an error says how to give one where it is missing."""
+        spec = self.task(name).spec
+        if spec is None:
+            raise KeyError(
+                f"task {name!r} has no spec: add it with add_task(..., spec=...) or load it with "
+                "load_task()"
+            )
+        return spec
 
     def add_task(
         self,
@@ -70,21 +155,37 @@ class PalBert(nn.Module):
         ``spec`` (a TaskSpec, a mapping or a :class:`palbert.tasks.Task`) is what
         :meth:`predict` and :meth:`save_task` need: labels, encoding and max_length.
         """
-        if spec is not None:
-            spec = TaskSpec.coerce(spec, name)
         if name in self.heads:
             raise ValueError(f"task {name!r} is already in the model; remove it first")
-        config = (module or self.module_config).resolved(self.info.hidden_size)
-        task_module = build_module(config, self.info.hidden_size, self.info.num_layers)
-        if task_module is not None:
-            ref = next(self.backbone.parameters())
-            self.task_modules[name] = task_module.to(device=ref.device, dtype=ref.dtype)
-        self.heads[name] = head
+        spec = None if spec is None else TaskSpec.coerce(spec, name)
+        config = (module or self.module_config).resolved(self.hidden_size)
+        self._attach(
+            name, head, config, build_module(config, self.hidden_size, self.num_layers), spec
+        )
+
+    def _attach(
+        self,
+        name: str,
+        head: nn.Module,
+        config: ModuleConfig,
+        module: nn.Module | None,
+        spec: TaskSpec | None,
+    ) -> None:
+        # the one place a task enters the model: on the encoder's device and dtype, in the
+        # model's train mode and training flag
+        ref = next(self.backbone.parameters())
+        if module is not None:
+            self.task_modules[name] = module.to(device=ref.device, dtype=ref.dtype)
+        self.heads[name] = head.to(device=ref.device, dtype=ref.dtype)
         self.task_configs[name] = config
         self.specs[name] = spec
         self.set_train_mode(self.train_mode)
+        self.heads[name].train(self.training)
+        if module is not None:
+            self.task_modules[name].train(self.training)
 
     def remove_task(self, name: str) -> None:
+        """Remove a task (its module, head and spec)."""
         if name not in self.heads:
             raise KeyError(f"no task {name!r}; tasks: {self.tasks}")
         del self.heads[name]
@@ -217,38 +318,118 @@ class PalBert(nn.Module):
         }
 
     # -- task files (palbert.taskfile) ---------------------------------------------------
+    def save_task(
+        self,
+        name: str,
+        path: str | os.PathLike,
+        dtype: str | torch.dtype | None = None,
+        *,
+        fine_tuned: bool = False,
+    ) -> Path:
+        """Write task ``name`` (module, head, spec) to one safetensors file; returns its path.
+
+        ``dtype`` ("float16", "bfloat16", "float32"; None keeps the model's) is the storage
+        dtype. ``fine_tuned`` records that the encoder's weights were trained (a run of train
+        mode "full"), which changes only the advice given when a file meets the wrong encoder.
+
+        >>> model.save_task("sts", "sts.safetensors", dtype="float16")  # doctest: +SKIP
+        """
+        task = self.task(name)
+        spec = self.spec(name)
+        dt = dtype_of(dtype)
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, part in (("module", task.module), ("head", task.head)):
+            for key, t in ({} if part is None else part.state_dict()).items():
+                t = t.detach().cpu()
+                if dt is not None and t.is_floating_point():
+                    t = t.to(dt)
+                tensors[f"{prefix}.{key}"] = t.contiguous().clone()  # no views shared in the file
+        active = getattr(task.module, "active", None)
+        stored = dt or next(task.head.parameters(), next(self.backbone.parameters())).dtype
+        info = self.backbone_info
+        backbone = {
+            "name": info.name,
+            "source": info.source,
+            "impl": info.impl,
+            "config": config_dict(info.config),
+            "fingerprint": self.fingerprint(),
+            "fine_tuned": bool(fine_tuned),
+        }
+        tf = TaskFile(
+            name=name,
+            spec=spec.to_dict(),
+            module=task.config.to_dict(),
+            backbone=backbone,
+            tensors=tensors,
+            dtype=str(stored).removeprefix("torch."),
+            active_layers=None if active is None else sorted(int(i) for i in active),
+        )
+        return write_task_file(tf, path)
+
     def load_task(
-        self, path: str, name: str | None = None, replace: bool = False, force: bool = False
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        replace: bool = False,
+        force: bool = False,
     ) -> str:
         """Add the task stored in an exported file; returns its name.
+
+        ``name`` renames it (default: the name in the file); a task of that name already in
+        the model needs ``replace=True``. A file for an encoder of another shape is refused; one
+        for other weights (fingerprint) unless ``force=True``. Weights are converted to the
+        model's dtype and device; nothing of the model changes when loading fails.
 
         >>> model.load_task("sts.safetensors")  # doctest: +SKIP
         'sts'
         """
-        from palbert.taskfile import load_task
+        tf = read_task_file(path)
+        where = f"task file {tf.path}"
+        name = name or tf.name
+        if name in self.heads and not replace:
+            raise TaskFileError(
+                f"task {name!r} is already loaded; pass replace=True to replace it, or name=... "
+                "to load it under another name"
+            )
+        info = self.backbone_info
+        check_backbone(tf, info.name, info.config.to_dict(), self.fingerprint, force=force)
+        try:
+            spec = TaskSpec.coerce(tf.spec, name)
+            config = tf.module_config.resolved(self.hidden_size)
+        except (ValueError, TypeError) as e:  # DataError is a ValueError
+            raise TaskFileError(f"{where}: its metadata does not describe a valid task: {e}") from e
+        # Build and fill everything aside first, so a bad file leaves the model as it was.
+        head = build_head(
+            spec.head, self.hidden_size, spec.num_labels or 1, spec.kind, spec.encoding,
+            spec.label_range,
+        )  # fmt: skip
+        fill_module(head, tf.tensors, "head.", where)
+        module = build_module(config, self.hidden_size, self.num_layers)
+        if module is not None:
+            fill_module(module, tf.tensors, "module.", where)
+            if tf.active_layers is not None and hasattr(module, "active"):
+                module.active = set(tf.active_layers)
+        elif any(k.startswith("module.") for k in tf.tensors):
+            raise TaskFileError(f"{where}: module kind 'none' but the file holds module.* tensors")
+        if name in self.heads:
+            self.remove_task(name)
+        self._attach(name, head, config, module, spec)
+        return name
 
-        return load_task(self, path, name=name, replace=replace, force=force)
-
-    def unload_task(self, name: str) -> None:
-        """Remove a task (its module, head and spec)."""
-        from palbert.taskfile import unload_task
-
-        unload_task(self, name)
-
-    def save_task(self, name: str, path: str, dtype: str | None = None, spec=None):
-        """Write one task to a safetensors file (see :func:`palbert.taskfile.export_task`)."""
-        from palbert.taskfile import export_task
-
-        return export_task(self, name, path, dtype=dtype, spec=spec)
-
-    def predict(self, task: str, inputs, batch_size: int = 32, device=None) -> list:
-        """Scores (regression) or {label, label_id, probs} (classification) for sentences or
-        (a, b) pairs; batched, in eval mode, without gradients.
+    def predict(
+        self,
+        task: str,
+        inputs: Iterable[str | Sequence[str]],
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+    ) -> list:
+        """Scores (regression) or {label, label_id, probs} (classification) for a list of
+        sentences or (a, b) pairs, in input order; batched by length, without gradients.
 
         >>> model.predict("sts", [("a cat sits", "a cat is sitting")])  # doctest: +SKIP
         [4.1]
         """
-        from palbert.taskfile import predict
+        from palbert.inference import predict
 
         return predict(self, task, inputs, batch_size=batch_size, device=device)
 

@@ -14,14 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from palbert import ModuleConfig, PalBert
-from palbert.taskfile import (
-    TaskFileError,
-    export_task,
-    load_task,
-    predict,
-    read_task_file,
-    register_spec,
-)
+from palbert.taskfile import TaskFileError, read_task_file
 from palbert.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +45,7 @@ def build(backbone: str, impl: str = "transformers", tasks=TASKS, seed: int = 0,
     model = PalBert.from_pretrained(backbone, impl=impl, module=cfg)
     for name, d in tasks.items():
         task = build_task(d)
-        model.add_task(name, task.build_head(model.info.hidden_size))
-        register_spec(model, name, task)
+        model.add_task(name, task.build_head(model.hidden_size), spec=task)
     return model.eval()
 
 
@@ -81,10 +73,10 @@ def tiny():
 @pytest.mark.parametrize("impl", ["transformers", "minbert"])
 def test_round_trip_in_a_fresh_process(impl, tmp_path):
     model = build("minilm", impl=impl)
-    want = {name: predict(model, name, inputs_for(name), batch_size=2) for name in TASKS}
+    want = {name: model.predict(name, inputs_for(name), batch_size=2) for name in TASKS}
     for name in TASKS:
-        export_task(model, name, tmp_path / f"{name}.safetensors")
-        export_task(model, name, tmp_path / f"{name}.f16.safetensors", dtype="float16")
+        model.save_task(name, tmp_path / f"{name}.safetensors")
+        model.save_task(name, tmp_path / f"{name}.f16.safetensors", dtype="float16")
 
     code = f"""
 import json
@@ -138,7 +130,7 @@ def test_predict_shapes_and_modes():
 
 
 def test_file_holds_weights_and_metadata(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors", dtype="bfloat16")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors", dtype="bfloat16")
     tf = read_task_file(path)
     assert tf.name == "sts" and tf.dtype == "bfloat16"
     assert {k.split(".")[0] for k in tf.tensors} == {"module", "head"}
@@ -162,18 +154,18 @@ def test_bert_base_pal_file_size(tmp_path):
     """The paper's PAL (d_pal=204) for bert-base is 1,819,836 parameters: 3.64 MB in fp16."""
     model = PalBert.from_pretrained("random:bert-base", module=ModuleConfig(kind="pal"))
     task = build_task("sts")
-    model.add_task("sts", task.build_head(768))
+    model.add_task("sts", task.build_head(768), spec=task)
     n_module = sum(p.numel() for p in model.task_modules["sts"].parameters())
     n_head = sum(p.numel() for p in model.heads["sts"].parameters())
     assert (n_module, n_head) == (1_819_836, 769)
-    path = export_task(model, "sts", tmp_path / "sts.safetensors", dtype="float16", spec=task)
+    path = model.save_task("sts", tmp_path / "sts.safetensors", dtype="float16")
     blob = path.read_bytes()
     (header_len,) = struct.unpack("<Q", blob[:8])
     data_bytes = len(blob) - 8 - header_len
     assert data_bytes == 2 * (n_module + n_head)
     assert header_len < 16_000  # tensor index and metadata: a few KB
     print(f"\nbert-base PAL task file, float16: {len(blob):,} bytes ({data_bytes:,} weights)")
-    f32 = export_task(model, "sts", tmp_path / "sts32.safetensors", spec=task)
+    f32 = model.save_task("sts", tmp_path / "sts32.safetensors")
     assert f32.stat().st_size - 8 - struct.unpack("<Q", f32.read_bytes()[:8])[0] == 2 * data_bytes
 
 
@@ -181,7 +173,7 @@ def test_bert_base_pal_file_size(tmp_path):
 
 
 def test_refuses_another_backbone_shape(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
     other = PalBert.from_pretrained("random:minilm")
     for force in (False, True):  # a shape mismatch cannot be forced
         with pytest.raises(TaskFileError) as e:
@@ -193,7 +185,7 @@ def test_refuses_another_backbone_shape(tiny, tmp_path):
 
 
 def test_refuses_other_weights_unless_forced(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
     torch.manual_seed(123)
     other = PalBert.from_pretrained("random:tiny")  # same shape, different weights
     with pytest.raises(TaskFileError, match="fingerprint.*force=True"):
@@ -207,14 +199,14 @@ def test_refuses_other_weights_unless_forced(tiny, tmp_path):
 
 
 def test_fine_tuned_backbone_is_named_in_the_refusal(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors", fine_tuned=True)
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors", fine_tuned=True)
     other = PalBert.from_pretrained("random:tiny")
     with pytest.raises(TaskFileError, match="fine-tuned encoder.*--backbone"):
         other.load_task(path)
 
 
 def test_refuses_a_second_task_of_the_same_name(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
     model = PalBert.from_pretrained("random:tiny")
     model.backbone.load_state_dict(tiny.backbone.state_dict())
     model.load_task(path)
@@ -226,14 +218,14 @@ def test_refuses_a_second_task_of_the_same_name(tiny, tmp_path):
     assert model.heads["sts"] is not before and model.tasks == ["sts"]
     model.load_task(path, name="sts_copy")  # side by side under another name
     assert model.tasks == ["sts", "sts_copy"]
-    model.unload_task("sts")
+    model.remove_task("sts")
     assert model.tasks == ["sts_copy"]
     with pytest.raises(KeyError):
-        model.unload_task("sts")
+        model.remove_task("sts")
 
 
 def test_truncated_file_is_an_error_naming_it(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
     blob = path.read_bytes()
     model = PalBert.from_pretrained("random:tiny")
     for cut in (4, 100, len(blob) // 2, len(blob) - 1):
@@ -245,7 +237,7 @@ def test_truncated_file_is_an_error_naming_it(tiny, tmp_path):
 
 
 def test_corrupted_file_is_an_error_naming_it(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
     blob = bytearray(path.read_bytes())
     model = PalBert.from_pretrained("random:tiny")
     flipped = bytearray(blob)
@@ -270,9 +262,9 @@ def test_refuses_files_without_palbert_metadata(tmp_path):
 
 
 def test_refuses_a_newer_format_and_mismatched_tensors(tiny, tmp_path):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
     tf = read_task_file(path)
-    meta = {k: v for k, v in _metadata(path).items() if k != "palbert.sha256"}
+    meta = _metadata(path)  # the data bytes stay the same, so its hash stays valid
 
     newer = tmp_path / "newer.safetensors"
     save_file(tf.tensors, newer, metadata={**meta, "palbert.format_version": "99"})
@@ -290,7 +282,7 @@ def test_refuses_a_newer_format_and_mismatched_tensors(tiny, tmp_path):
 
 
 def test_loading_never_unpickles(tiny, tmp_path, monkeypatch):
-    path = export_task(tiny, "sts", tmp_path / "sts.safetensors")
+    path = tiny.save_task("sts", tmp_path / "sts.safetensors")
 
     def forbidden(*a, **k):
         raise AssertionError("a task file must never be unpickled")
@@ -298,18 +290,18 @@ def test_loading_never_unpickles(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
-    load_task(PalBert.from_pretrained("random:tiny"), path, force=True)
+    PalBert.from_pretrained("random:tiny").load_task(path, force=True)
 
 
 def test_export_needs_a_known_task_and_spec(tiny, tmp_path):
-    with pytest.raises(TaskFileError, match="has tasks"):
-        export_task(tiny, "nope", tmp_path / "x.safetensors")
+    with pytest.raises(KeyError, match="no task 'nope'"):
+        tiny.save_task("nope", tmp_path / "x.safetensors")
     model = PalBert.from_pretrained("random:tiny")
     model.add_task("t", build_task("sst").build_head(64))
-    with pytest.raises(TaskFileError, match="spec"):
-        export_task(model, "t", tmp_path / "t.safetensors")
+    with pytest.raises(KeyError, match="has no spec"):
+        model.save_task("t", tmp_path / "t.safetensors")
     with pytest.raises(TaskFileError, match="dtype"):
-        export_task(tiny, "sts", tmp_path / "x.safetensors", dtype="int8")
+        tiny.save_task("sts", tmp_path / "x.safetensors", dtype="int8")
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -140,16 +140,6 @@ def inputs(name: str):
     return SENT if name == "sent" else PAIRS
 
 
-def registered(model: PalBert, run: Path) -> PalBert:
-    """The run's model with its task specs known, as `palbert` loads it."""
-    from palbert.taskfile import register_spec
-
-    _, tasks, _ = run_mod.load_run(run)
-    for name, task in tasks.items():
-        register_spec(model, name, task)
-    return model
-
-
 # -- export ------------------------------------------------------------------------------
 
 
@@ -176,7 +166,6 @@ def test_run_round_trip_in_a_fresh_process(frozen_run, tmp_path, capsys):
     """Export every task of a run (float32 and float16), load them in a new process on the
     stock backbone: predictions equal to the run's own model."""
     run, model = frozen_run
-    model = registered(model, run)
     want = {n: model.predict(n, inputs(n), batch_size=2) for n in model.tasks}
     assert main(["export", str(run), "--task", "all", "--out", str(tmp_path / "f32")]) == 0
     args = ["export", str(run), "--task", "all", "--out", str(tmp_path / "f16")]
@@ -213,7 +202,6 @@ def test_full_run_exports_its_encoder(tmp_path, data, capsys):
     from transformers import BertModel
 
     run, model = make_run(tmp_path / "checkpoints", data, impl="minbert", mode="full")
-    model = registered(model, run)
     out = tmp_path / "encoder"
     args = ["export", str(run), "--backbone", "--backbone-out", str(out), "--task", "sim"]
     assert main([*args, "--out", str(tmp_path / "sim.safetensors")]) == 0
@@ -272,7 +260,6 @@ def test_predict_writes_prediction_files(frozen_run, tmp_path, capsys):
     from palbert.tasks import read_predictions
 
     run, model = frozen_run
-    model = registered(model, run)
     out = tmp_path / "preds"
     assert main(["predict", str(run), "--split", "test", "--out", str(out)]) == 0
     sim = (out / "sim-test-output.csv").read_text().splitlines()
@@ -304,8 +291,8 @@ def test_predict_cs224n_sts_from_an_exported_file(tmp_path, data_dir, capsys):
     from palbert.tasks import build_task
 
     sts = build_task("sts", data_dir=data_dir)
-    model.add_task("sts", sts.build_head(384))
-    path = model.save_task("sts", tmp_path / "sts.safetensors", spec=sts)
+    model.add_task("sts", sts.build_head(384), spec=sts)
+    path = model.save_task("sts", tmp_path / "sts.safetensors")
     # a random backbone has no reproducible fingerprint: --force (and the stock shape)
     args = ["predict", str(path), "--backbone", "random:minilm", "--force", "--split", "dev"]
     assert main([*args, "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
@@ -359,7 +346,7 @@ def test_trained_run_end_to_end(tmp_path, data, capsys):
     assert main(["eval", str(files), "--data-dir", str(data)]) == 2
     assert "fine-tuned encoder" in capsys.readouterr().err
 
-    model = registered(run_mod.load_run(run)[0], run)
+    model = run_mod.load_run(run)[0]
     fresh = PalBert.from_pretrained(str(enc))
     for name in model.tasks:
         fresh.load_task(files / f"{name}.safetensors")

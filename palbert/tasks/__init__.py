@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from palbert.tasks.errors import DataError
-from palbert.tasks.predictions import read_predictions, write_predictions
+from palbert.tasks.predictions import as_rows, decode, read_predictions, write_predictions
 from palbert.tasks.readers import Example
 from palbert.tasks.spec import DatasetSpec, HeadSpec, TaskSpec
 from palbert.tasks.task import BUILTIN_TASKS, DataWarning, Task, build_task
@@ -33,7 +33,9 @@ __all__ = [
     "HeadSpec",
     "Task",
     "TaskSpec",
+    "as_rows",
     "build_task",
+    "decode",
     "read_predictions",
     "write_predictions",
 ]

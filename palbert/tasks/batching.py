@@ -140,6 +140,12 @@ def _segments(enc: dict[str, list[list[int]]], with_types: bool) -> Segments:
     return Segments(flat, offsets, tt)
 
 
+def capped_length(max_length: int, tokenizer: Any) -> int:
+    """``max_length``, lowered to the tokenizer's ``model_max_length`` where that is smaller."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < max_length else int(max_length)
+
+
 def tokenize_examples(
     examples: Sequence[Example],
     tokenizer: Any,

@@ -1,4 +1,5 @@
-"""Prediction files: the CS224N submission format and plain CSV / JSONL (no torch needed).
+"""Predictions: head outputs turned into labels or scores (:func:`decode`, the one place this
+happens), and prediction files: the CS224N submission format and plain CSV / JSONL.
 
 CS224N format, as the course's ``multitask_classifier.py`` writes it: a header
 ``id \\t Predicted_Sentiment `` (``Predicted_Is_Paraphrase`` for Quora, and the course's own
@@ -8,7 +9,9 @@ Default file names follow the course: ``sst-dev-output.csv``, ``para-test-output
 
 ::
 
-    write_predictions("predictions/", task, ids, task.predict(logits), "dev")   # a folder
+    preds = decode(task.spec, logits)                  # {"label", "probs"} or {"score"}
+    as_rows(task.spec, preds)                          # [{"label", "label_id", "probs"}, ...]
+    write_predictions("predictions/", task, ids, preds, "dev")   # a folder
     write_predictions("sts.jsonl", task, ids, {"score": scores}, "test", fmt="jsonl")
     rows = read_predictions("predictions/sst-dev-output.csv")   # [{"id": ..., "prediction": ...}]
 """
@@ -29,6 +32,35 @@ CS224N_COLUMNS = {
 }
 CS224N_PREFIX = {"quora": "para"}  # the course calls the Quora task "para"
 FORMATS = ("cs224n", "csv", "jsonl")
+
+
+def decode(spec: Any, outputs: Any) -> dict[str, Any]:
+    """Head outputs -> predictions. Classification (``spec.kind``): ``{"label": LongTensor,
+    "probs": FloatTensor}`` (softmax, argmax); regression: ``{"score": FloatTensor}`` (not
+    clipped to the label range). Torch is imported here only."""
+    import torch
+
+    with torch.no_grad():
+        out = outputs.detach().float()
+        if spec.kind == "classification":
+            probs = out.softmax(-1)
+            return {"label": probs.argmax(-1), "probs": probs}
+        if out.dim() == 2 and out.shape[-1] == 1:
+            out = out.squeeze(-1)
+        return {"score": out}
+
+
+def as_rows(spec: Any, preds: Mapping[str, Any]) -> list:
+    """What :meth:`palbert.PalBert.predict` returns for decoded predictions: floats
+    (regression) or ``{"label": name, "label_id": i, "probs": {name: p}}`` per row."""
+    if spec.kind == "regression":
+        return [float(v) for v in _tolist(preds["score"])]
+    probs = _tolist(preds["probs"])
+    labels = list(spec.labels or [str(i) for i in range(len(probs[0]) if probs else 0)])
+    return [
+        {"label": labels[i], "label_id": i, "probs": dict(zip(labels, p, strict=True))}
+        for i, p in zip(_tolist(preds["label"]), probs, strict=True)
+    ]
 
 
 def _tolist(x: Any) -> list:

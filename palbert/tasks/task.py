@@ -324,11 +324,9 @@ class Task:
         return cache_dir / f"{self.name}-{split}-{key}.npz"
 
     def _max_length(self, max_length: int | None, tokenizer: Any) -> int:
-        n = max_length or self.spec.max_length or DEFAULT_MAX_LENGTH
-        limit = getattr(tokenizer, "model_max_length", None)
-        if isinstance(limit, int) and 0 < limit < n:
-            n = limit
-        return int(n)
+        from palbert.tasks.batching import capped_length
+
+        return capped_length(max_length or self.spec.max_length or DEFAULT_MAX_LENGTH, tokenizer)
 
     def _source_fingerprint(self, split: str) -> str | None:
         from palbert.tasks.batching import file_fingerprint
@@ -406,18 +404,10 @@ class Task:
         return F.mse_loss(outputs.float(), labels.float())
 
     def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Classification: ``{"label": LongTensor, "probs": FloatTensor}``; regression:
-        ``{"score": FloatTensor}`` (not clipped to the label range)."""
-        import torch
+        """See :func:`palbert.tasks.predictions.decode`."""
+        from palbert.tasks.predictions import decode
 
-        with torch.no_grad():
-            if self.kind == "classification":
-                probs = outputs.detach().float().softmax(-1)
-                return {"label": probs.argmax(-1), "probs": probs}
-            out = outputs.detach().float()
-            if out.dim() == 2 and out.shape[-1] == 1:
-                out = out.squeeze(-1)
-            return {"score": out}
+        return decode(self.spec, outputs)
 
     def evaluate(self, pred_values: Any, labels: Any) -> dict[str, float]:
         """The task's metrics over a whole split. ``pred_values``: what :meth:`predict`

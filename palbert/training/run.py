@@ -119,8 +119,9 @@ def build_model(recipe: Recipe, tasks: dict[str, Any], model: PalBert | None = N
         )
     torch.manual_seed(recipe.train.seed)
     for entry in recipe.tasks:
-        head = tasks[entry.name].build_head(model.info.hidden_size)
-        model.add_task(entry.name, head, module=entry.module)
+        head = tasks[entry.name].build_head(model.hidden_size)
+        spec = tasks[entry.name].resolved_spec(recipe.train.max_length)
+        model.add_task(entry.name, head, module=entry.module, spec=spec)
     model.set_train_mode(recipe.train.mode)
     return model
 
@@ -259,7 +260,7 @@ def train(
         recipe.backbone.name, impl=recipe.backbone.impl, module=recipe.module
     )
     model = build_model(recipe, tasks, backbone)
-    tokenizer = load_tokenizer(model.info)
+    tokenizer = load_tokenizer(model.backbone_info)
     entries = {e.name: e for e in recipe.tasks}
     train_loaders, dev_loaders = {}, {}
     for name, task in tasks.items():
