@@ -16,7 +16,8 @@ from palbert import __version__
 
 
 def _params(args: argparse.Namespace) -> int:
-    from palbert import ModuleConfig, PalBert, format_report
+    from palbert.layers import ModuleConfig
+    from palbert.model import PalBert, format_report
     from palbert.tasks import build_task
 
     model = PalBert.from_pretrained(args.backbone, module=ModuleConfig(kind=args.module))

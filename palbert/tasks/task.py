@@ -272,7 +272,7 @@ class Task:
         """``split`` tokenized once for this tokenizer and max length, then served from memory
         and from an on-disk cache keyed by the file's content hash, the tokenizer's vocabulary
         and rules, ``max_length`` and everything in the spec that changes the rows."""
-        from palbert.tasks import batching as B
+        import palbert.tasks.batching as B
 
         self._check_on_error(on_error)
         max_length = self._max_length(max_length, tokenizer)

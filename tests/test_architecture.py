@@ -1,0 +1,121 @@
+"""The import rule of docs/ARCHITECTURE.md, checked by walking every import in palbert/.
+
+Imports go one way: cli -> training / export -> model -> inference -> taskfile, tasks, layers,
+backbones -> the shared bottom modules. No module imports a higher level, even lazily inside a
+function, and there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "palbert"
+
+# Higher numbers may import lower ones (and their own level's package siblings), never higher.
+LEVELS: dict[str, int] = {
+    "palbert.errors": 0,
+    "palbert.files": 0,
+    "palbert.hub": 0,
+    "palbert.encoded": 0,
+    "palbert.validate": 0,
+    "palbert.activations": 0,
+    "palbert.tasks": 1,
+    "palbert.layers": 1,
+    "palbert.minbert": 1,
+    "palbert.backbones": 2,
+    "palbert.taskfile": 2,
+    "palbert.recipe": 2,
+    "palbert.inference": 3,
+    "palbert.model": 4,
+    "palbert.training": 5,
+    "palbert.export": 6,
+    "palbert.cli": 7,
+    "palbert.__main__": 8,
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def level(name: str) -> int | None:
+    best = None
+    for prefix, lvl in LEVELS.items():
+        if name == prefix or name.startswith(prefix + "."):
+            if best is None or len(prefix) > len(best[0]):
+                best = (prefix, lvl)
+    return None if best is None else best[1]
+
+
+def imports(path: Path) -> set[str]:
+    """Every palbert module ``path`` imports, at the top or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("palbert")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("palbert"):
+            if node.module == "palbert" and [a.name for a in node.names] == ["__version__"]:
+                continue  # the version string is the one thing taken from the package root
+            # `from palbert.tasks import spec` imports a submodule (and runs the package's
+            # __init__, which counts only when something else is taken from it)
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            subs = {
+                m
+                for m in subs
+                if (PACKAGE.parent / m.replace(".", "/")).with_suffix(".py").is_file()
+            }
+            out |= subs
+            if len(subs) < len(node.names):
+                out.add(node.module)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    return {
+        module_name(p): imports(p)
+        for p in PACKAGE.rglob("*.py")
+        if module_name(p) != "palbert"  # the package's __init__ re-exports the public API
+    }
+
+
+def test_every_module_has_a_level():
+    missing = sorted(m for m in graph() if level(m) is None)
+    assert not missing, f"add these modules to LEVELS (and to docs/ARCHITECTURE.md): {missing}"
+
+
+def test_imports_go_one_way():
+    wrong = []
+    for mod, deps in graph().items():
+        for dep in deps:
+            if dep == "palbert":
+                wrong.append(f"{mod} imports the package root (import the module it needs)")
+            elif level(dep) is not None and level(dep) > level(mod):
+                wrong.append(f"{mod} (level {level(mod)}) imports {dep} (level {level(dep)})")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles():
+    g = graph()
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for d in sorted(g.get(m, ())):
+            if d not in g:
+                continue
+            if seen.get(d) == 1:
+                cycles.append(" -> ".join([*path[path.index(d) :], d]))
+            elif d not in seen:
+                visit(d, [*path, d])
+        seen[m] = 2
+
+    for m in sorted(g):
+        if m not in seen:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)
