@@ -2,9 +2,11 @@
 
 Commands (registered in the ``palbert`` CLI by :func:`add_commands`)::
 
-    palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16|bfloat16|float32]
-    palbert export [RUN_DIR] --task all [--out DIR]      # one file per task
-    palbert export RUN_DIR --backbone [--out DIR]       # the fine-tuned encoder (train mode full)
+    palbert export [RUN_DIR] --task sts [--out DIR] [--dtype float16|bfloat16|float32]
+    palbert export [RUN_DIR] --task all [--out DIR]     # DIR/<task>.safetensors for each task
+    palbert export RUN_DIR --backbone [--out DIR]       # DIR/backbone/: the fine-tuned encoder
+
+``--out`` is always a folder, by default ``RUN_DIR/export``.
     palbert eval [RUN_DIR | FILE.safetensors ...] [--backbone NAME] [--split dev]
     palbert predict [RUN_DIR | FILE.safetensors ...] [--split dev|test | --input FILE]
                     [--out DIR] [--format cs224n|csv|jsonl]
@@ -36,7 +38,7 @@ from typing import Any
 
 import torch
 
-from palbert.files import file_mode
+from palbert.files import child, file_mode
 from palbert.inference import evaluate, run_split
 from palbert.model import PalBert
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
@@ -103,6 +105,12 @@ def trained_backbone(run_dir: str | Path) -> bool:
 # -- exports ------------------------------------------------------------------------------
 
 
+def default_out(run_dir: str | Path) -> Path:
+    """Where ``palbert export`` writes when no ``--out`` is given: ``RUN_DIR/export/``, inside
+    the run folder (so nothing lands in the repository or the current folder unasked)."""
+    return Path(run_dir) / "export"
+
+
 def export_run(
     run_dir: str | Path,
     task: str = "all",
@@ -110,11 +118,10 @@ def export_run(
     dtype: str | None = None,
     loaded: tuple | None = None,
 ) -> list[Path]:
-    """Write one task (``task``) or every task (``"all"``) of a run to task files.
+    """Write one task (``task``) or every task (``"all"``) of a run to ``out/<task>.safetensors``.
 
-    One task: ``out`` is the file (default ``<task>.safetensors``). All: ``out`` is a folder
-    (default: the current one) that receives ``<task>.safetensors`` for each task.
-    ``loaded`` is the ``(model, tasks, recipe)`` of the run when already loaded.
+    ``out`` is a folder (default :func:`default_out`). ``loaded`` is the ``(model, tasks,
+    recipe)`` of the run when already loaded.
     """
     run_dir = Path(run_dir)
     model, tasks, _ = loaded or load_run(run_dir)
@@ -122,16 +129,24 @@ def export_run(
     unknown = [n for n in names if n not in tasks or n not in model.heads]
     if unknown:
         raise ExportError(f"run {run_dir} has no task {unknown[0]!r}; its tasks: {list(tasks)}")
+    folder = _out_folder(out if out is not None else default_out(run_dir))
     fine_tuned = trained_backbone(run_dir)
-    if task == "all":
-        folder = Path(out) if out is not None else Path(".")
-        if folder.exists() and not folder.is_dir():
-            raise ExportError(f"--task all writes one file per task: --out {folder} is a file")
-        targets = {n: folder / f"{n}.safetensors" for n in names}
-    else:
-        path = Path(out) if out is not None else Path(f"{task}.safetensors")
-        targets = {task: path / f"{task}.safetensors" if path.is_dir() else path}
-    return [model.save_task(n, p, dtype, fine_tuned=fine_tuned) for n, p in targets.items()]
+    return [
+        model.save_task(n, child(folder, f"{n}.safetensors"), dtype, fine_tuned=fine_tuned)
+        for n in names
+    ]
+
+
+def _out_folder(out: str | Path) -> Path:
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"--out {folder} is a file; --out names the folder to write into")
+    if folder.suffix == ".safetensors":
+        raise ExportError(
+            f"--out {folder} looks like a file name; --out names the folder that receives "
+            "<task>.safetensors (and backbone/)"
+        )
+    return folder
 
 
 def export_backbone(model, out: str | Path) -> Path:
@@ -214,9 +229,18 @@ def open_models(
 
 
 def _device(name: str | None) -> torch.device:
+    """``--device``: cpu, cuda, cuda:N (default: cuda where there is one)."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ExportError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ExportError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ExportError(f"--device {name}: palbert runs on cpu or cuda")
+    return device
 
 
 def _input_task(task, path: Path, fmt: str):
@@ -259,19 +283,23 @@ def _export(args: argparse.Namespace) -> int:
     run = _run_arg(args)
     loaded = load_run(run)
     model = loaded[0]
-    if args.backbone:
-        if not trained_backbone(run):
-            raise ExportError(
-                f"run {run} did not train its encoder (its best.safetensors has no backbone.* "
-                f"keys): its tasks load on the stock backbone {model.backbone_info.name!r}"
-            )
-        folder = Path(args.backbone_out or f"{run.name}-backbone")
-        export_backbone(model, folder)
-        print(f"backbone -> {folder}/ (load with PalBert.from_pretrained({str(folder)!r}))")
+    out = _out_folder(args.out if args.out is not None else default_out(run))
+    if args.backbone and not trained_backbone(run):
+        raise ExportError(
+            f"run {run} did not train its encoder (its best.safetensors has no backbone.* "
+            f"keys): its tasks load on the stock backbone {model.backbone_info.name!r}"
+        )
     if args.task is not None:
-        out = args.out
         for path in export_run(run, args.task, out, args.dtype, loaded=loaded):
-            print(f"{path.stem} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+            tf_name = path.name.removesuffix(".safetensors")
+            print(f"{tf_name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if args.backbone:
+        folder = export_backbone(model, out / "backbone")
+        print(f"backbone -> {folder}/")
+    if args.task is not None:
+        files = out / ("*.safetensors" if args.task == "all" else f"{args.task}.safetensors")
+        on = f" --backbone {out / 'backbone'}" if trained_backbone(run) else ""
+        print(f"use them: palbert eval {files}{on}")
     return 0
 
 
@@ -294,8 +322,8 @@ def _open(args: argparse.Namespace):
 
 @_errors
 def _eval(args: argparse.Namespace) -> int:
-    model, tasks = _open(args)
     device = _device(args.device)
+    model, tasks = _open(args)
     results = {}
     for name, task in tasks.items():
         results[name] = evaluate(model, {name: task}, args.split, args.batch_size, device)[name]
@@ -308,10 +336,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 @_errors
 def _predict(args: argparse.Namespace) -> int:
+    device = _device(args.device)
     model, tasks = _open(args)
     if args.input is not None and len(tasks) != 1:
         raise ExportError(f"--input goes to one task: add --task (one of {list(tasks)})")
-    device = _device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, task in tasks.items():
@@ -352,14 +380,15 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="default: the newest run")
     p.add_argument("--task", help="a task name, or 'all' for one file per task")
-    p.add_argument("--out", help="the file (one task) or folder (--task all) to write")
+    p.add_argument(
+        "--out", help="folder for <task>.safetensors and backbone/ (default: RUN_DIR/export)"
+    )
     p.add_argument("--dtype", choices=list(DTYPES), help="store weights in this dtype")
     p.add_argument(
         "--backbone",
         action="store_true",
-        help="also write the run's fine-tuned encoder as a transformers folder",
+        help="also write the run's fine-tuned encoder as a transformers folder (OUT/backbone)",
     )
-    p.add_argument("--backbone-out", help="folder for --backbone (default: <run>-backbone)")
     p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
     p.set_defaults(func=_export)
 

@@ -41,6 +41,21 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def child(folder: str | os.PathLike, name: str) -> Path:
+    """``folder / name``, refusing a name that would land anywhere else (a path separator,
+    ``..``, a newline or another control character): file names built from task names or
+    file headers must stay inside the folder the user gave."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+    if bad:
+        raise ValueError(f"refusing to write {name!r}: a file name may not leave {folder}")
+    return Path(folder) / name
+
+
 def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over
     ``path``. The new file gets the umask's mode (mkstemp's 0600 is for secrets, not
@@ -73,4 +88,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_with", "file_mode", "fsync_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_with",
+    "child",
+    "file_mode",
+    "fsync_dir",
+]

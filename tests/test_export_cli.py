@@ -155,7 +155,11 @@ def test_export_defaults_to_the_newest_complete_run(tmp_path, data, capsys, monk
     assert main(["export", "--task", "sent"]) == 0
     out = capsys.readouterr().out
     assert f"using run {Path('checkpoints') / newest.name}" in out
-    assert read_task_file(tmp_path / "sent.safetensors").name == "sent"
+    # written inside the run folder, not into the current one, with a command to use it
+    written = Path("checkpoints") / newest.name / "export" / "sent.safetensors"
+    assert f"sent -> {written}" in out and f"palbert eval {written}" in out
+    assert read_task_file(tmp_path / written).name == "sent"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
     assert main(["export", "--task", "nope"]) == 2
     assert "no task 'nope'" in capsys.readouterr().err
     assert main(["export", "--task", "sent", "--checkpoints", "elsewhere"]) == 2
@@ -203,8 +207,13 @@ def test_full_run_exports_its_encoder(tmp_path, data, capsys):
 
     run, model = make_run(tmp_path / "checkpoints", data, impl="minbert", mode="full")
     out = tmp_path / "encoder"
-    args = ["export", str(run), "--backbone", "--backbone-out", str(out), "--task", "sim"]
-    assert main([*args, "--out", str(tmp_path / "sim.safetensors")]) == 0
+    args = ["export", str(run), "--backbone", "--task", "sim", "--out", str(tmp_path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"sim -> {tmp_path / 'sim.safetensors'}" in printed
+    assert f"palbert eval {tmp_path / 'sim.safetensors'} --backbone {out}" not in printed
+    assert f"--backbone {tmp_path / 'backbone'}" in printed
+    out = tmp_path / "backbone"
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(out))
 
     # transformers loads the folder, and computes what the run's fine-tuned encoder computes
@@ -230,7 +239,7 @@ def test_full_run_exports_its_encoder(tmp_path, data, capsys):
 
 def test_backbone_export_needs_a_trained_encoder(frozen_run, tmp_path, capsys):
     run, _ = frozen_run
-    assert main(["export", str(run), "--backbone", "--backbone-out", str(tmp_path / "b")]) == 2
+    assert main(["export", str(run), "--backbone", "--out", str(tmp_path / "b")]) == 2
     assert "did not train its encoder" in capsys.readouterr().err
     assert main(["export", str(run)]) == 2
     assert "--task NAME" in capsys.readouterr().err
@@ -313,6 +322,16 @@ def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert os.listdir(tmp_path) == ["bad.safetensors"]
 
 
+@pytest.mark.parametrize("device", ["foo", "cuda", "cuda:7", "meta"])
+def test_a_bad_device_is_one_line_before_any_work(device, capsys):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    for command in ("eval", "predict"):
+        assert main([command, "no-such-run", "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--device {device}" in err.replace("'", "")
+
+
 def test_trained_run_end_to_end(tmp_path, data, capsys):
     """A real (4-step, full fine-tuning) `palbert train` run: eval reproduces the run's best
     dev scores, and its exported encoder + task files reproduce its predictions."""
@@ -336,9 +355,10 @@ def test_trained_run_end_to_end(tmp_path, data, capsys):
     for name in best:
         assert scores[name] == pytest.approx(best[name], abs=1e-6)
 
-    files, enc = tmp_path / "files", tmp_path / "encoder"
+    files = tmp_path / "files"
+    enc = files / "backbone"
     args = ["export", str(run), "--task", "all", "--out", str(files), "--backbone"]
-    assert main([*args, "--backbone-out", str(enc)]) == 0
+    assert main(args) == 0
     args = ["eval", str(files), "--backbone", str(enc), "--data-dir", str(data)]
     assert main([*args, "--json", str(tmp_path / "files.json")]) == 0
     assert json.loads((tmp_path / "files.json").read_text()) == scores

@@ -96,8 +96,8 @@ def test_eval_of_a_task_file_finds_the_default_data_folder(quick_run, tmp_path, 
     """`palbert eval FILE` looks for the data where `palbert train` does (here: the CS224N
     folder beside palbert's checkout), so no --data-dir is needed."""
     run, _ = quick_run
+    assert main(["export", str(run), "--task", "sts", "--out", str(tmp_path)]) == 0
     out = tmp_path / "sts.safetensors"
-    assert main(["export", str(run), "--task", "sts", "--out", str(out)]) == 0
     monkeypatch.chdir(tmp_path)  # not the repository: the default comes from palbert's source
     monkeypatch.delenv("PALBERT_DATA_DIR", raising=False)
     assert main(["eval", str(out), "--json", str(tmp_path / "e.json")]) == 0

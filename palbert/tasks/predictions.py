@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from palbert.files import child
+
 CS224N_COLUMNS = {
     "sst": "Predicted_Sentiment",
     "cfimdb": "Predicted_Sentiment",
@@ -119,7 +121,7 @@ def write_predictions(
         raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, not {fmt!r}")
     path = Path(path)
     if path.is_dir() or str(path).endswith(("/", "\\")):
-        path = path / default_filename(task.name, split, fmt)
+        path = child(path, default_filename(task.name, split, fmt))
     values, probs = _values(task, preds)
     ids = [str(i) for i in _tolist(ids)]
     if len(ids) != len(values):

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from palbert.files import child
 from palbert.tasks.errors import DataError, format_problems
 from palbert.tasks.readers import (
     Example,
@@ -321,7 +322,7 @@ class Task:
                 "max_length": max_length,
             }
         )
-        return cache_dir / f"{self.name}-{split}-{key}.npz"
+        return child(cache_dir, f"{self.name}-{split}-{key}.npz")
 
     def _max_length(self, max_length: int | None, tokenizer: Any) -> int:
         from palbert.tasks.batching import capped_length
