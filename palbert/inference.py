@@ -55,12 +55,23 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             model.train()
 
 
+PAD_TOLERANCE = 0.9  # a batch holds rows at least this fraction of its longest row's length
+
+
 def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped longest first into batches of ``batch_size``."""
+    """Row indices, longest first, in batches of at most ``batch_size`` whose rows are all
+    at least ``PAD_TOLERANCE`` of the batch's longest: at most 10% of a batch is padding."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    for k in range(1, len(order) + 1):
+        full = k - start == batch_size
+        if k == len(order) or full or lengths[order[k]] < PAD_TOLERANCE * lengths[order[start]]:
+            batches.append(order[start:k])
+            start = k
+    return batches
 
 
 def padding_waste(lengths: np.ndarray, batch_size: int) -> float:

@@ -102,3 +102,19 @@ def test_eval_of_a_task_file_finds_the_default_data_folder(quick_run, tmp_path, 
     monkeypatch.delenv("PALBERT_DATA_DIR", raising=False)
     assert main(["eval", str(out), "--json", str(tmp_path / "e.json")]) == 0
     assert set(json.loads((tmp_path / "e.json").read_text())["sts"]) == {"pearson", "spearman"}
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["sst", "cfimdb", "quora", "sts"])
+def test_length_batches_waste_little_padding_on_the_dev_sets(name, data_dir, tokenizer):
+    """Inference batches rows by length: under 10% of the tokens it runs are padding (64 rows
+    a batch, the eval default, at the quickstart's max_length and at 128)."""
+    from palbert.inference import length_batches, padding_waste
+    from palbert.tasks import build_task
+
+    task = build_task(name, data_dir=data_dir)
+    for max_length in (64, 128):
+        lengths = task.tokenized("dev", tokenizer, max_length=max_length).lengths
+        assert padding_waste(lengths, 64) < 0.10
+        batches = length_batches(lengths, 64)
+        assert sorted(i for b in batches for i in b.tolist()) == list(range(len(lengths)))

@@ -1,0 +1,91 @@
+"""The inference path: length batches, input checks, eval mode, concurrent predict."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from palbert import ModuleConfig, PalBert
+from palbert.inference import PAD_TOLERANCE, length_batches, padding_waste
+from palbert.tasks import build_task
+
+SENTENCES = [
+    "a gripping, funny film",
+    "dull.",
+    "the plot goes nowhere but the cast is great and the music is lovely throughout",
+    "i wanted to like it",
+    "two hours i will never get back, and the popcorn was stale too",
+]
+PAIRS = [
+    ("a man plays the guitar", "a man is playing a guitar"),
+    ("how do i learn python?", "what is the best way to learn python quickly and well"),
+    ("the cat sleeps", "stocks fell"),
+]
+
+
+def test_length_batches_cover_every_row_once_within_tolerance():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=500)
+    batches = length_batches(lengths, 32)
+    assert sorted(i for b in batches for i in b.tolist()) == list(range(500))
+    for b in batches:
+        assert 1 <= len(b) <= 32
+        assert lengths[b].min() >= PAD_TOLERANCE * lengths[b].max()
+    assert padding_waste(lengths, 32) < 1 - PAD_TOLERANCE
+    assert length_batches(np.array([], dtype=np.int64), 4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches(lengths, 0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = PalBert.from_pretrained("minilm", module=ModuleConfig(kind="pal", init="normal"))
+    for spec in ({"name": "sst"}, {"name": "sts"}, {"name": "q", "extends": "quora"}):
+        task = build_task(spec)
+        m.add_task(task.name, task.build_head(m.hidden_size), spec=task)
+    return m
+
+
+def test_models_come_in_eval_mode_and_predict_leaves_the_mode(model):
+    assert not PalBert.from_pretrained("random:tiny").training
+    assert not model.training
+    model.predict("sst", SENTENCES)
+    assert not model.training
+
+
+def test_a_string_is_not_a_list_of_inputs(model):
+    with pytest.raises(TypeError, match="list"):
+        model.predict("sst", "a plain string")
+
+
+def test_concurrent_predict_equals_one_thread(model):
+    """Threads predicting different tasks and lengths at once on one model get exactly what
+    each gets alone: the route of a forward belongs to its call, not to the model."""
+    jobs = [
+        ("sst", SENTENCES, 2),
+        ("sts", PAIRS, 1),
+        ("q", PAIRS[::-1], 3),
+        ("sst", SENTENCES[::-1], 5),
+        ("sts", PAIRS * 3, 4),
+        ("q", PAIRS * 2, 2),
+    ] * 3
+    want = [model.predict(t, x, batch_size=b) for t, x, b in jobs]
+    got: list = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def work(i: int) -> None:
+        task, inputs, bs = jobs[i]
+        start.wait()
+        for _ in range(3):
+            got[i] = model.predict(task, inputs, batch_size=bs)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
