@@ -192,7 +192,12 @@ def type_name(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in typing.get_args(tp))
+        return " or ".join(
+            ", ".join(repr(c) for c in typing.get_args(a))
+            if typing.get_origin(a) is Literal
+            else type_name(a)
+            for a in typing.get_args(tp)
+        )
     if origin in (tuple, list):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         if origin is tuple and Ellipsis not in typing.get_args(tp) and args:

@@ -121,7 +121,9 @@ def test_overrides(tmp_path):
 
 
 def test_override_errors_say_command_line(tmp_path):
-    with pytest.raises(RecipeError, match=r"train\.epochs \(command-line override\)"):
+    with pytest.raises(
+        RecipeError, match=r"train\.epochs \(command-line override train\.epochs=soon\) must be int"
+    ):
         load_recipe(write(tmp_path, BASE), ["train.epochs=soon"])
     with pytest.raises(RecipeError, match="unknown key train.epoch .*did you mean 'train.epochs'"):
         load_recipe(write(tmp_path, BASE), ["train.epoch=3"])
