@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from palbert.encoded import Encoded
 
 
-
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """(batch, seq, hidden) -> (batch, hidden) by [CLS] or masked mean."""
     if how == "cls":
