@@ -150,14 +150,11 @@ def non_empty(v: Any) -> str | None:
     return None if len(v) else "must not be empty"
 
 
-@dataclasses.dataclass(frozen=True)
 class each:  # noqa: N801 - reads as a rule: rules(each(at_least(1)))
     """Apply ``checks`` to every item of a list (the error names the item: ``hidden.0``)."""
 
-    checks: tuple[Check, ...]
-
     def __init__(self, *checks: Check) -> None:
-        object.__setattr__(self, "checks", checks)
+        self.checks = checks
 
 
 def _choice_problem(value: Any, choices: tuple | list) -> str:
@@ -221,7 +218,7 @@ def convert(
     """``value`` checked against the annotation ``tp`` (and the field's ``rules``), converted
     where the type says so (lists to tuples, ints to floats, mappings to dataclasses)."""
     where = where or Where()
-    meta = (meta or {}).get(RULES, meta or {})
+    meta = (meta or {}).get(RULES, {})
     out = _convert(value, tp, path, where, meta)
     _run_checks(out, meta, path, where)
     return out
@@ -328,7 +325,7 @@ def unknown_key(
             break
         close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.8)
         if close:
-            hint = f"; did you mean {Where().key((section, close[0]))!r}?"
+            hint = f"; did you mean '{section}.{close[0]}'?"
     e = where.error(f"unknown key {where(path)}{hint} (known here: {', '.join(known)})")
     e.path, e.problem = tuple(path), "is not a known key"
     return e
