@@ -25,16 +25,16 @@ A recipe has these sections (every key is optional except ``tasks``)::
 Command-line overrides are ``key.sub=value`` with the value parsed as YAML
 (``train.lr=1e-4``, ``tasks.0.batch_size=8``, ``module.progressive={start: 2}``).
 
-Errors (:class:`RecipeError`) name the key path and, for keys from the file, its line; an
-unknown key comes with the closest known key ("did you mean ...").
+Errors (:class:`RecipeError`) name the key path and, for keys from the file, its line (or
+the command-line override that set it); an unknown key or choice comes with the closest
+known one ("did you mean ..."). Checking is :mod:`palbert.validate`: each section's types and
+the rules on its fields; checks across keys follow in :func:`_check`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +43,28 @@ from typing import Any, Literal
 import yaml
 
 from palbert.layers import ModuleConfig, Progressive
+from palbert.tasks.paths import DATA_ENV, default_data_dir
+from palbert.tasks.paths import data_dir_candidates as default_data_dir_candidates
+from palbert.tasks.spec import BUILTIN_SPECS, TASK_NAME_RULE, TaskSpec
+from palbert.validate import (
+    ConfigError,
+    Where,
+    above,
+    at_least,
+    build,
+    convert,
+    each,
+    in_range,
+    rules,
+    unknown_key,
+)
 
-DATA_ENV = "PALBERT_DATA_DIR"
 DEFAULT_OUTPUT_DIR = "checkpoints"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML, not a data file
+MAX_RECIPE_NODES = 100_000  # values a recipe may expand to, aliases counted where used
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe is wrong: the message names the key (and YAML line) and what was expected."""
 
 
@@ -98,20 +114,20 @@ class TrainSection:
     """
 
     mode: Literal["full", "frozen", "heads"] = "full"
-    epochs: int | None = 3
-    max_steps: int | None = None
-    batch_size: int = 32
-    max_length: int = 128
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
+    epochs: int | None = field(default=3, metadata=rules(at_least(1)))
+    max_steps: int | None = field(default=None, metadata=rules(at_least(1)))
+    batch_size: int = field(default=32, metadata=rules(at_least(1)))
+    max_length: int = field(default=128, metadata=rules(at_least(1)))
+    grad_accum: int = field(default=1, metadata=rules(at_least(1)))
+    grad_clip: float | None = field(default=1.0, metadata=rules(above(0)))
     pcgrad: bool = False
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     group_by_length: bool = False
     seed: int = 0
-    save_every: int | None = None
-    log_every: int = 10
-    eval_batch_size: int = 64
+    save_every: int | None = field(default=None, metadata=rules(at_least(1)))
+    log_every: int = field(default=10, metadata=rules(at_least(1)))
+    eval_batch_size: int = field(default=64, metadata=rules(at_least(1)))
     device: str = "auto"
 
 
@@ -132,10 +148,10 @@ class SamplerSection:
     kind: Literal["round_robin", "uniform", "proportional", "sqrt", "annealed", "temperature"] = (
         "round_robin"
     )
-    alpha: float | None = None
-    temperature: float = 2.0
+    alpha: float | None = field(default=None, metadata=rules(at_least(0)))
+    temperature: float = field(default=2.0, metadata=rules(above(0)))
     epoch: Literal["sum", "min", "max", "fixed"] = "sum"
-    steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = field(default=None, metadata=rules(at_least(1)))
     per: Literal["step", "micro_batch"] = "step"
     mixed: bool = False
 
@@ -146,20 +162,20 @@ class OptimizerSection:
     ``head_lr`` for the heads (None: ``task_lr``)."""
 
     name: Literal["adamw"] = "adamw"
-    lr: float = 2e-5
-    task_lr: float | None = 1e-3
-    head_lr: float | None = None
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    lr: float = field(default=2e-5, metadata=rules(above(0)))
+    task_lr: float | None = field(default=1e-3, metadata=rules(above(0)))
+    head_lr: float | None = field(default=None, metadata=rules(above(0)))
+    weight_decay: float = field(default=0.01, metadata=rules(at_least(0)))
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=rules(each(in_range(0, 1))))
+    eps: float = field(default=1e-8, metadata=rules(above(0)))
 
 
 @dataclass
 class ScheduleSection:
     """Linear warmup (steps, or a ratio of all steps) then linear/cosine decay to 0 or constant."""
 
-    warmup_steps: int | None = None
-    warmup_ratio: float = 0.0
+    warmup_steps: int | None = field(default=None, metadata=rules(at_least(0)))
+    warmup_ratio: float = field(default=0.0, metadata=rules(in_range(0, 1)))
     decay: Literal["linear", "cosine", "constant"] = "linear"
 
 
@@ -181,7 +197,7 @@ class Recipe:
     """A validated recipe; ``source`` is the file it came from (None when built in code)."""
 
     tasks: list[TaskEntry]
-    name: str = "run"
+    name: str = field(default="run", metadata=rules(TASK_NAME_RULE))
     backbone: BackboneSection = field(default_factory=BackboneSection)
     module: ModuleConfig = field(default_factory=lambda: ModuleConfig(kind="pal"))
     train: TrainSection = field(default_factory=TrainSection)
@@ -220,6 +236,8 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSection,
 }
 TOP_KEYS = ["name", "tasks", "output_dir", "data_dir", *SECTIONS]
+# a key in the wrong section (train.lr) is pointed to its section (optimizer.lr)
+SECTION_KEYS = {k: [f.name for f in dataclasses.fields(c)] for k, c in SECTIONS.items()}
 
 
 def _asdict(obj: Any) -> Any:
@@ -250,147 +268,35 @@ def _lines(node: yaml.Node | None, path: tuple = (), out: dict | None = None) ->
     return out
 
 
-class _Where:
-    """Turns a key path into "train.lr (recipe.yaml line 12)" for messages."""
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many values ``node`` stands for once every alias is expanded, counting up to
+    ``limit`` (an alias bomb is small as text, huge as values); an alias inside its own anchor
+    counts as more than ``limit``."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
 
-    def __init__(self, lines: dict[tuple, int], file: str | None, overridden: set[tuple]):
-        self.lines, self.file, self.overridden = lines, file, overridden
-
-    def __call__(self, path: tuple) -> str:
-        name = ".".join(str(p) for p in path) or "recipe"
-        if any(path[: len(o)] == o for o in self.overridden):
-            return f"{name} (command-line override)"
-        for n in range(len(path), 0, -1):
-            if path[:n] in self.lines:
-                return f"{name} ({self.file or 'recipe'} line {self.lines[path[:n]]})"
-        return name
-
-
-# -- types --------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (tuple, list):
-        args = typing.get_args(tp)
-        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
-        return f"a list of [{inner}]"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted (lists to tuples)."""
-    origin = typing.get_origin(tp)
-    bad = RecipeError(f"{where(path)} must be {_type_name(tp)}, not {value!r}")
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise bad
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, path, where)
-            except RecipeError as e:
-                last = e
-        # a single non-None alternative gives its own (more precise) message
-        if len([a for a in args if a is not type(None)]) == 1:
-            raise last
-        raise bad
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices and not isinstance(value, bool):
-            return value
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise RecipeError(f"{where(path)} must be one of {_type_name(tp)}, not {value!r}{hint}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        args = typing.get_args(tp)
-        if origin is tuple and Ellipsis not in args:
-            if len(value) != len(args):
-                raise bad
-            return tuple(
-                _convert(v, a, path + (i,), where)
-                for i, (v, a) in enumerate(zip(value, args, strict=True))
-            )
-        item = args[0] if args else Any
-        out = [_convert(v, item, path + (i,), where) for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if dataclasses.is_dataclass(tp):
-        return _section(tp, value, path, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        # YAML reads 1e-5 as a string (it wants 1.0e-5); accept what float() accepts
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-        raise bad
-    raise RecipeError(f"{where(path)}: cannot check type {tp!r}")
-
-
-def _section(cls: type, raw: Any, path: tuple, where: _Where) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where(path)} must be a mapping of keys, not {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kw = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise _unknown(key, names, path + (key,), where)
-        kw[key] = _convert(value, hints[key], path + (key,), where)
-    try:
-        return cls(**kw)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{where(path)}: {e}") from e
-
-
-def _unknown(key: Any, known: list[str], path: tuple, where: _Where) -> RecipeError:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f"; did you mean {'.'.join(map(str, path[:-1] + (close[0],)))!r}?" if close else ""
-    if not close and len(path) == 2:
-        # a key that lives in another section (train.lr -> optimizer.lr)
-        for section, cls in SECTIONS.items():
-            names = [f.name for f in dataclasses.fields(cls)]
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.8)
-            if close:
-                hint = f"; did you mean '{section}.{close[0]}'?"
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_:
+            return limit + 1
+        open_.add(id(n))
+        total = 1
+        if isinstance(n, yaml.MappingNode):
+            children = [c for kv in n.value for c in kv]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        else:
+            children = []
+        for c in children:
+            total += size(c)
+            if total > limit:
                 break
-    return RecipeError(f"unknown key {where(path)}{hint} (known here: {', '.join(known)})")
+        open_.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -403,9 +309,10 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple]:
-    """Apply ``key.sub=value`` overrides in place; return the overridden key paths."""
-    done = set()
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[tuple, str]:
+    """Apply ``key.sub=value`` overrides in place; return each overridden key path with the
+    override's text (errors name it)."""
+    done: dict[tuple, str] = {}
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"override {item!r} must look like key.sub=value")
@@ -438,7 +345,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple]:
             if not isinstance(last, int) or not -len(node) <= last < len(node):
                 raise RecipeError(f"override {item!r}: no list item {last}")
         node[last] = _parse_value(text)
-        done.add(tuple(parts))
+        done[tuple(parts)] = item.strip()
     return done
 
 
@@ -447,129 +354,128 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
-    text = path.read_text()
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path} is larger than a recipe can be ({MAX_RECIPE_BYTES} bytes)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path} is not UTF-8 text: {e}") from None
     try:
         node = yaml.compose(text)
+        if node is not None and _expanded_size(node, MAX_RECIPE_NODES) > MAX_RECIPE_NODES:
+            raise RecipeError(
+                f"{path} expands to more than {MAX_RECIPE_NODES} values (YAML aliases "
+                "repeated inside aliases, or an alias inside its own anchor?)"
+            )
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from e
+    except RecursionError:
+        raise RecipeError(f"{path} is nested too deeply to be a recipe") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, not {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     overridden = apply_overrides(raw, list(overrides or []))
-    where = _Where(_lines(node), path.name, overridden)
+    where = Where(file=path.name, lines=_lines(node), overrides=overridden, error=RecipeError)
     recipe = recipe_from_dict(raw, where=where)
     recipe.source = str(path.resolve())
     return recipe
 
 
-def recipe_from_dict(raw: dict[str, Any], where: _Where | None = None) -> Recipe:
+def recipe_from_dict(raw: dict[str, Any], where: Where | None = None) -> Recipe:
     """Validate a recipe given as plain data (what ``yaml.safe_load`` returns)."""
-    where = where or _Where({}, None, set())
+    where = where or Where(error=RecipeError)
     if not isinstance(raw, dict):
         raise RecipeError("a recipe is a mapping of sections")
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown(key, TOP_KEYS, (key,), where)
+            raise unknown_key(key, TOP_KEYS, (key,), where)
     if not raw.get("tasks"):
-        raise RecipeError(f"{where(('tasks',))}: a recipe needs at least one task")
+        raise where.fail(("tasks",), ": a recipe needs at least one task")
     kw: dict[str, Any] = {}
     for key, cls in SECTIONS.items():
         if key in raw:
-            kw[key] = _section(cls, raw[key], (key,), where)
-    for key in ("name", "output_dir"):
+            kw[key] = build(cls, raw[key], (key,), where, elsewhere=SECTION_KEYS)
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    hints = typing.get_type_hints(Recipe)
+    for key in ("name", "output_dir", "data_dir"):
         if key in raw:
-            kw[key] = _convert(raw[key], str, (key,), where)
-    if raw.get("data_dir") is not None:
-        kw["data_dir"] = str(_convert(raw["data_dir"], str, ("data_dir",), where))
+            kw[key] = convert(raw[key], hints[key], (key,), where, fields[key].metadata)
     kw["tasks"] = _tasks(raw["tasks"], where)
     recipe = Recipe(**kw)
     _check(recipe, where)
     return recipe
 
 
-def _tasks(raw: Any, where: _Where) -> list[TaskEntry]:
+def _tasks(raw: Any, where: Where) -> list[TaskEntry]:
+    """Each entry's spec is validated here (with its YAML lines), not only when training."""
     if not isinstance(raw, list):
-        raise RecipeError(f"{where(('tasks',))} must be a list of task names or mappings")
+        raise where.fail(("tasks",), "must be a list of task names or mappings")
     out, seen = [], set()
     for i, item in enumerate(raw):
         path = ("tasks", i)
         module, on_error = None, "raise"
         if isinstance(item, str):
+            if item not in BUILTIN_SPECS:
+                close = difflib.get_close_matches(item, list(BUILTIN_SPECS), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise where.fail(
+                    path,
+                    f": unknown task {item!r}{hint}; built-in tasks are "
+                    f"{', '.join(BUILTIN_SPECS)}; define others as a mapping "
+                    "(name, kind, text, label, files)",
+                )
             name, spec = item, item
         elif isinstance(item, dict):
             spec = dict(item)
-            name = spec.get("name")
-            if not isinstance(name, str):
-                raise RecipeError(f"{where(path)}: a task mapping needs a name")
             if "module" in spec:
-                module = _section(ModuleConfig, spec.pop("module"), path + ("module",), where)
+                module = build(ModuleConfig, spec.pop("module"), path + ("module",), where)
             if "on_error" in spec:
-                on_error = _convert(
+                on_error = convert(
                     spec.pop("on_error"), Literal["raise", "skip"], path + ("on_error",), where
                 )
+            name = TaskSpec.from_dict(spec, where.at(*path)).name
         else:
-            raise RecipeError(f"{where(path)} must be a task name or a mapping, not {item!r}")
+            raise where.fail(path, f"must be a task name or a mapping, not {item!r}")
         if name in seen:
-            raise RecipeError(f"{where(path)}: task {name!r} appears twice")
+            raise where.fail(path, f": task {name!r} appears twice")
         seen.add(name)
         out.append(TaskEntry(name=name, spec=spec, module=module, on_error=on_error))
     return out
 
 
-def _check(r: Recipe, where: _Where) -> None:
-    """Checks across keys and of value ranges."""
-
-    def positive(path: tuple, value: Any, allow_none: bool = True) -> None:
-        if value is None and allow_none:
-            return
-        if value is None or value <= 0:
-            raise RecipeError(f"{where(path)} must be > 0, not {value!r}")
-
-    t = r.train
-    for key in ("epochs", "max_steps", "save_every"):
-        positive(("train", key), getattr(t, key))
-    for key in ("batch_size", "max_length", "grad_accum", "log_every", "eval_batch_size"):
-        positive(("train", key), getattr(t, key), allow_none=False)
-    positive(("train", "grad_clip"), t.grad_clip)
+def _check(r: Recipe, where: Where) -> None:
+    """Checks across keys (each key's own range is a rule on its field)."""
+    t, s = r.train, r.sampler
     if t.epochs is None and t.max_steps is None:
-        raise RecipeError(f"{where(('train',))}: give train.epochs or train.max_steps")
-    s = r.sampler
+        raise where.fail(("train",), ": give train.epochs or train.max_steps")
     if s.epoch == "fixed" and s.steps_per_epoch is None:
-        raise RecipeError(f"{where(('sampler', 'epoch'))}: 'fixed' needs sampler.steps_per_epoch")
-    positive(("sampler", "steps_per_epoch"), s.steps_per_epoch)
+        raise where.fail(("sampler", "epoch"), ": 'fixed' needs sampler.steps_per_epoch")
     if t.pcgrad and (s.per == "step" or t.grad_accum < 2):
-        raise RecipeError(
-            f"{where(('train', 'pcgrad'))}: PCGrad works across the tasks of one optimizer "
-            "step; set sampler.per: micro_batch and train.grad_accum >= 2 (e.g. the number of "
-            "tasks, with round_robin)"
+        raise where.fail(
+            ("train", "pcgrad"),
+            ": PCGrad works across the tasks of one optimizer step; set sampler.per: "
+            "micro_batch and train.grad_accum >= 2 (e.g. the number of tasks, with round_robin)",
         )
     if s.mixed and s.per == "step" and t.grad_accum > 1:
-        raise RecipeError(
-            f"{where(('sampler', 'mixed'))}: mixed batches merge the tasks of one step; "
-            "set sampler.per: micro_batch"
+        raise where.fail(
+            ("sampler", "mixed"),
+            ": mixed batches merge the tasks of one step; set sampler.per: micro_batch",
         )
-    positive(("sampler", "temperature"), s.temperature, allow_none=False)
     if s.alpha is not None and s.kind not in ("proportional", "sqrt"):
-        raise RecipeError(f"{where(('sampler', 'alpha'))} applies to kinds proportional and sqrt")
-    positive(("optimizer", "lr"), r.optimizer.lr, allow_none=False)
-    positive(("optimizer", "task_lr"), r.optimizer.task_lr)
-    positive(("optimizer", "head_lr"), r.optimizer.head_lr)
-    if not 0 <= r.schedule.warmup_ratio < 1:
-        raise RecipeError(f"{where(('schedule', 'warmup_ratio'))} must be in [0, 1)")
-    if isinstance(r.eval.every, int):
-        positive(("eval", "every"), r.eval.every)
+        raise where.fail(("sampler", "alpha"), "applies to kinds proportional and sqrt")
+    if isinstance(r.eval.every, int) and r.eval.every < 1:
+        raise where.fail(("eval", "every"), f"must be >= 1 or 'epoch', not {r.eval.every}")
     names = [x.name for x in r.tasks]
     m = r.eval.metric
     if m != "mean" and (m.count(".") != 1 or m.split(".")[0] not in names):
-        raise RecipeError(
-            f"{where(('eval', 'metric'))} must be 'mean' or '<task>.<metric>' with a task of "
-            f"this recipe ({', '.join(names)}), not {m!r}"
+        raise where.fail(
+            ("eval", "metric"),
+            f"must be 'mean' or '<task>.<metric>' with a task of this recipe "
+            f"({', '.join(names)}), not {m!r}",
         )
-    if not r.name or any(c in r.name for c in "/\\ "):
-        raise RecipeError(f"{where(('name',))} must be a word without spaces or slashes")
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -579,21 +485,16 @@ def dump_recipe(recipe: Recipe) -> str:
 
 # -- the data folder ----------------------------------------------------------------------
 
-CS224N_FILES = {
-    "sst": ["ids-sst-train.csv", "ids-sst-dev.csv"],
-    "cfimdb": ["ids-cfimdb-train.csv", "ids-cfimdb-dev.csv"],
-    "quora": ["quora-train.csv", "quora-dev.csv"],
-    "sts": ["sts-train.csv", "sts-dev.csv"],
-}
-
 
 def cs224n_files_needed(recipe: Recipe) -> list[str]:
-    """The CS224N train/dev files of the recipe's built-in tasks that keep their own files."""
+    """The CS224N train/dev files of the recipe's built-in tasks that keep their own files
+    (named once, in :data:`palbert.tasks.spec.BUILTIN_SPECS`)."""
     out = []
     for t in recipe.tasks:
         own = isinstance(t.spec, str) or not ({"files", "dataset"} & set(t.spec))
-        if own and t.name in CS224N_FILES:
-            out += CS224N_FILES[t.name]
+        if own and t.name in BUILTIN_SPECS:
+            files = BUILTIN_SPECS[t.name]["files"]
+            out += [files[split] for split in ("train", "dev")]
     return out
 
 
@@ -609,14 +510,7 @@ def data_dir_candidates(recipe: Recipe) -> list[tuple[Path, str]]:
         else:
             out.append((p, "the recipe's data_dir"))
         return out
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return [(Path(env).expanduser(), f"${DATA_ENV}")]
-    rel = Path("..") / "shared" / "data" / "cs224n"
-    out.append((Path.cwd() / rel, "../shared/data/cs224n from the current folder"))
-    repo = Path(__file__).resolve().parents[1]
-    out.append((repo / rel, "../shared/data/cs224n from palbert's source folder"))
-    return out
+    return default_data_dir_candidates()
 
 
 def resolve_data_dir(recipe: Recipe, needed: list[str] | None = None) -> Path:
@@ -629,7 +523,10 @@ def resolve_data_dir(recipe: Recipe, needed: list[str] | None = None) -> Path:
     if needed is None:
         needed = cs224n_files_needed(recipe)
     cands = data_dir_candidates(recipe)
-    found = next((p for p, _ in cands if p.is_dir()), None)
+    if recipe.data_dir:
+        found = next((p for p, _ in cands if p.is_dir()), None)
+    else:
+        found = default_data_dir(needed)
     where = "\n".join(f"  - {p} ({why})" for p, why in cands)
     expected = "\n".join(f"  {f}" for f in needed) or "  (the files named by the recipe's tasks)"
     source = (

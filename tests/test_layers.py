@@ -111,5 +111,5 @@ def test_bad_configs_are_refused_with_the_key():
         ModuleConfig(kind="lora")
     with pytest.raises(ValueError, match="divisible"):
         ModuleConfig(kind="pal", size=100, heads=6).resolved(768)
-    with pytest.raises(ValueError, match="unknown module key"):
+    with pytest.raises(ValueError, match=r"unknown key module\.knd; did you mean .module\.kind"):
         ModuleConfig.from_dict({"knd": "pal"})

@@ -121,7 +121,9 @@ def test_overrides(tmp_path):
 
 
 def test_override_errors_say_command_line(tmp_path):
-    with pytest.raises(RecipeError, match=r"train\.epochs \(command-line override\)"):
+    with pytest.raises(
+        RecipeError, match=r"train\.epochs \(command-line override train\.epochs=soon\) must be int"
+    ):
         load_recipe(write(tmp_path, BASE), ["train.epochs=soon"])
     with pytest.raises(RecipeError, match="unknown key train.epoch .*did you mean 'train.epochs'"):
         load_recipe(write(tmp_path, BASE), ["train.epoch=3"])
@@ -188,3 +190,84 @@ def test_shipped_recipes_validate(path):
     r = load_recipe(path)
     for entry in r.tasks:
         build_task(entry.spec)  # task specs (heads, encodings) are valid too
+
+
+# -- one mechanism: every message names the key, the override or the line ------------------
+
+
+def test_invalid_override_names_the_override_not_a_line(tmp_path):
+    text = BASE + "module:\n  kind: pal\n"
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, text), ["module.size=-3"])
+    msg = str(e.value)
+    assert msg == "module.size (command-line override module.size=-3) must be >= 1, not -3"
+    with pytest.raises(RecipeError, match=r"^module\.progressive \(command-line override "):
+        load_recipe(write(tmp_path, text), ["module.kind=adapter", "module.progressive={}"])
+
+
+def test_misspelt_task_name_gets_a_suggestion(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, BASE.replace("  - sst", "  - stss")))
+    msg = str(e.value)
+    assert msg.startswith("tasks.0 (demo.yaml line 5): unknown task 'stss' (did you mean 'sts'?)")
+    assert "built-in tasks are sst, cfimdb, quora, sts" in msg
+
+
+def test_task_specs_are_checked_at_load_with_their_line(tmp_path):
+    text = BASE.replace("    batch_size: 8", "    batch_size: 8\n    head: {poolin: mean}")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, text))
+    assert str(e.value).startswith(
+        "unknown key tasks.1.head.poolin (demo.yaml line 8); did you mean 'tasks.1.head.pooling'?"
+    )
+    # what used to fail only at training time (a ZeroDivisionError, a huge allocation)
+    with pytest.raises(RecipeError, match=r"^module\.heads \(demo\.yaml line 14\) must be >= 1"):
+        load_recipe(write(tmp_path, BASE + "module:\n  heads: 0\n"))
+    for hidden, problem in [("[1000000000000]", "must be <= 65536"), ("[1e12]", "must be int")]:
+        with pytest.raises(RecipeError, match=rf"^tasks\.1\.head\.hidden\.0 .*{problem}"):
+            load_recipe(write(tmp_path, BASE), [f"tasks.1.head={{type: mlp, hidden: {hidden}}}"])
+
+
+@pytest.mark.parametrize("name", ["/abs/path/x", "../x", "a\nb", ".", "..", "a b", "x" * 65])
+def test_task_and_run_names_are_strict(tmp_path, name):
+    with pytest.raises(RecipeError, match=r"^tasks\.1\.name .*must be 1 to 64 letters"):
+        load_recipe(write(tmp_path, BASE), [f"tasks.1.name={name!r}"])
+    with pytest.raises(RecipeError, match=r"^name .*must be 1 to 64 letters"):
+        recipe_from_dict({"name": name, "tasks": ["sst"]})
+
+
+def test_alias_bomb_is_refused(tmp_path):
+    # 6 levels of 9 aliases: 531,441 values from 8 lines (9 levels would exhaust memory)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 7):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = write(tmp_path, "\n".join(lines) + "\n" + BASE)
+    with pytest.raises(RecipeError, match=r"expands to more than 100000 values"):
+        load_recipe(bomb)
+    loop = write(tmp_path, "x: &x [a, *x]\n" + BASE)
+    with pytest.raises(RecipeError, match=r"expands to more than"):
+        load_recipe(loop)
+    # anchors used a few times are fine
+    r = load_recipe(write(tmp_path, BASE.replace("  epochs: 2", "  epochs: &e 2\n  log_every: *e")))
+    assert r.train.log_every == 2
+
+
+def test_default_data_dir(tmp_path, monkeypatch):
+    from palbert.tasks.paths import default_data_dir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("PALBERT_DATA_DIR", str(data))
+    assert default_data_dir() == data.resolve()
+    monkeypatch.delenv("PALBERT_DATA_DIR")
+    # ../shared/data/cs224n from the current folder
+    shared = tmp_path / "shared" / "data" / "cs224n"
+    shared.mkdir(parents=True)
+    (shared / "sts-dev.csv").write_text("id\tsentence1\tsentence2\tsimilarity\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    assert default_data_dir(["sts-dev.csv"]) == shared.resolve()
+    # resolve_data_dir (palbert train) uses the same rule
+    r = recipe_from_dict({"tasks": [{"name": "sts", "files": {"dev": "sts-dev.csv"}}]})
+    assert resolve_data_dir(r, needed=["sts-dev.csv"]) == shared.resolve()

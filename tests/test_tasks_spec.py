@@ -61,8 +61,11 @@ def test_user_defined_task():
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"lables": ["a", "b"]}, r"unknown key 'lables' \(did you mean 'labels'\?\)"),
-        ({"head": {"poolin": "mean"}}, r"head: unknown key 'poolin' \(did you mean 'pooling'\?\)"),
+        ({"lables": ["a", "b"]}, r"unknown key task 'mytask'\.lables; did you mean 'labels'\?"),
+        (
+            {"head": {"poolin": "mean"}},
+            r"unknown key task 'mytask'\.head\.poolin; did you mean 'head\.pooling'\?",
+        ),
         ({"kind": "classifcation"}, r"kind must be one of .* \(did you mean 'classification'\?\)"),
         ({"batch_size": "32"}, r"batch_size must be int"),
         ({"batch_size": True}, r"batch_size must be int"),
@@ -75,7 +78,10 @@ def test_user_defined_task():
         ({"labels": ["a"]}, r"at least two labels"),
         ({"labels": ["1", "1.0"]}, r"duplicates"),
         ({"labels": ["a", "b"], "num_labels": 3}, r"num_labels 3 but 2 labels"),
-        ({"metrics": ["pearson"]}, r"metrics\[\] \(for classification\) must be one of"),
+        (
+            {"metrics": ["pearson"]},
+            r"metrics\.0 must be one of accuracy, f1, f1_macro \(for classification\)",
+        ),
         ({"num_labels": 3, "metrics": ["f1"]}, r"'f1' is binary; use 'f1_macro'"),
         ({"primary_metric": "f1"}, r"primary_metric must be one of accuracy"),
         ({"files": {}}, r"needs files .* or a dataset"),
@@ -87,9 +93,9 @@ def test_user_defined_task():
         ),
         ({"head": {"k": 3}}, r"k is only used with pooling 'last_k'"),
         ({"head": {"hidden": [64]}}, r"hidden sizes need type 'mlp'"),
-        ({"head": {"type": "mlp", "hidden": [0]}}, r"positive ints"),
+        ({"head": {"type": "mlp", "hidden": [0]}}, r"head\.hidden\.0 must be >= 1, not 0"),
         ({"head": {"dropout": 1.5}}, r"dropout must be in \[0, 1\)"),
-        ({"head": {"features": ["u", "w"]}}, r"features\[\] must be one of"),
+        ({"head": {"features": ["u", "w"]}}, r"head\.features\.1 must be one of u, v"),
         ({"loss_weight": -1}, r"loss_weight must be"),
         ({"extends": "glue"}, r"extends: 'glue' is not a built-in"),
         ({"name": "my task"}, r"without spaces"),
@@ -153,3 +159,40 @@ def test_to_dict_round_trips():
 def test_build_task_by_unknown_name():
     with pytest.raises(DataError, match="built-in tasks are sst, cfimdb, quora, sts"):
         build_task("snli")
+
+
+BAD_NAMES = ["/abs/path/x", "../x", "a/b", "a\\b", "a\nb", ".", "..", "", "-x", "x" * 65, "a b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_task_names_are_strict_from_every_source(name):
+    import dataclasses
+
+    sts = BUILTIN_TASKS["sts"]
+    match = r"name must be 1 to 64 letters, digits, '_', '\.' or '-'"
+    with pytest.raises(DataError, match=match):
+        TaskSpec.from_dict({**USER, "name": name})  # recipes and task files
+    with pytest.raises(DataError, match=match):
+        TaskSpec.coerce(sts, name=name)  # the API's renaming
+    with pytest.raises(DataError, match=match):
+        dataclasses.replace(sts, name=name)
+    with pytest.raises(DataError, match=match):
+        TaskSpec.from_dict(sts.to_dict() | {"name": name})
+
+
+@pytest.mark.parametrize("name", ["sst_small", "a.b-c", "X1", "x" * 64])
+def test_good_task_names(name):
+    assert TaskSpec.from_dict({**USER, "name": name}).name == name
+
+
+def test_spec_rules_that_used_to_pass_silently():
+    with pytest.raises(DataError, match=r"head\.hidden\.0 must be <= 65536, not 1000000000000"):
+        TaskSpec.from_dict({**USER, "head": {"type": "mlp", "hidden": [10**12]}})
+    with pytest.raises(DataError, match=r"head\.hidden\.0 must be int, not 1000000000000\.0"):
+        TaskSpec.from_dict({**USER, "head": {"type": "mlp", "hidden": [1e12]}})
+    with pytest.raises(DataError, match=r"loss_weight must be a finite number, not inf"):
+        TaskSpec.from_dict({**USER, "loss_weight": float("inf")})
+    with pytest.raises(
+        DataError, match=r"needs files .* \(did you mean the built-in task 'sts'\?\)"
+    ):
+        TaskSpec.from_dict({"name": "stss"})

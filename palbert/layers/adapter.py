@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from palbert.activations import activation as make_activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import _ACT, reset_parameters
+from palbert.layers.pal import reset_parameters
 
 
 class Bottleneck(nn.Module):
@@ -18,7 +19,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.down = nn.Linear(hidden_size, m)
         self.up = nn.Linear(m, hidden_size)
-        self.act = _ACT[activation]()
+        self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))  # the caller adds x

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import typing
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from palbert.activations import ACTIVATIONS
+from palbert.validate import Where, at_least, at_most, build, check, each, one_of, rules
+
 ModuleKind = Literal["pal", "low_rank", "adapter", "none"]
-KINDS: tuple[str, ...] = ("pal", "low_rank", "adapter", "none")
+KINDS: tuple[str, ...] = typing.get_args(ModuleKind)
+MAX_SIZE = 1 << 16  # widths beyond this are typos (and would exhaust memory), not configs
 
 
 @dataclass
@@ -19,10 +24,13 @@ class Progressive:
     continues the schedule exactly.
     """
 
-    start: int = 1
-    every: int = 100
-    grow: int = 1
+    start: int = field(default=1, metadata=rules(at_least(0)))
+    every: int = field(default=100, metadata=rules(at_least(1)))
+    grow: int = field(default=1, metadata=rules(at_least(1)))
     unit: Literal["steps", "epochs"] = "steps"
+
+    def __post_init__(self) -> None:
+        check(self, Where(prefix=("module", "progressive")))
 
     def num_active(self, step: int, epoch: int, total: int) -> int:
         t = step if self.unit == "steps" else epoch
@@ -53,29 +61,24 @@ class ModuleConfig:
     """
 
     kind: ModuleKind = "pal"
-    size: int | None = None
-    heads: int | None = None
+    size: int | None = field(default=None, metadata=rules(at_least(1), at_most(MAX_SIZE)))
+    heads: int | None = field(default=None, metadata=rules(at_least(1), at_most(MAX_SIZE)))
     shared: bool | None = None
     init: Literal["zero", "normal"] = "zero"
-    activation: Literal["none", "gelu", "relu"] | None = None
-    layers: list[int] | None = None
+    activation: str | None = field(default=None, metadata=rules(one_of(ACTIVATIONS)))
+    layers: list[int] | None = field(default=None, metadata=rules(each(at_least(0))))
     progressive: Progressive | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"module.kind must be one of {KINDS}, not {self.kind!r}")
-        if self.init not in ("zero", "normal"):
-            raise ValueError(f"module.init must be 'zero' or 'normal', not {self.init!r}")
-        if self.activation not in (None, "none", "gelu", "relu"):
-            raise ValueError(
-                f"module.activation must be none, gelu or relu, not {self.activation!r}"
-            )
-        if isinstance(self.progressive, dict):
-            self.progressive = Progressive(**self.progressive)
+        where = Where(prefix=("module",))
+        check(self, where)
         if self.progressive is not None and self.kind != "pal":
-            raise ValueError("module.progressive applies to kind 'pal' only")
-        if self.size is not None and self.size <= 0:
-            raise ValueError(f"module.size must be positive, not {self.size}")
+            raise where.fail(("progressive",), "applies to kind 'pal' only")
+        if self.kind == "pal" and self.size is not None and self.size % (self.heads or 6):
+            raise where.fail(
+                ("size",),
+                f"must be divisible by the PAL's {self.heads or 6} heads, not {self.size}",
+            )
 
     def resolved(self, hidden_size: int) -> ModuleConfig:
         """A copy with every None default filled in for an encoder of this hidden size."""
@@ -83,8 +86,11 @@ class ModuleConfig:
             return ModuleConfig(kind="none", init=self.init)
         size = self.size if self.size is not None else default_size(self.kind, hidden_size)
         heads = self.heads if self.heads is not None else 6
-        if self.kind == "pal" and size % heads:
-            raise ValueError(f"PAL size {size} is not divisible by its {heads} heads")
+        if self.kind == "pal" and size % heads:  # the default size for this encoder
+            raise Where(prefix=("module",)).fail(
+                ("heads",),
+                f"must divide the PAL size {size} (the default for this encoder), not {heads}",
+            )
         shared = self.shared if self.shared is not None else self.kind == "pal"
         activation = self.activation or ("none" if self.kind == "pal" else "gelu")
         return ModuleConfig(
@@ -102,12 +108,9 @@ class ModuleConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModuleConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown module key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: Where | None = None) -> ModuleConfig:
+        """Validate a ``module:`` mapping (errors name the key: ``module.size``)."""
+        return build(cls, d, (), where or Where(prefix=("module",)))
 
 
 def default_size(kind: str, hidden_size: int) -> int:

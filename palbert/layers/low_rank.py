@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from palbert.activations import activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import _ACT, reset_parameters
+from palbert.layers.pal import reset_parameters
 
 
 class LowRank(nn.Module):
@@ -26,7 +27,7 @@ class LowRank(nn.Module):
         else:
             self.V_E = nn.ModuleDict({str(i): nn.Linear(H, r) for i in self.layer_ids})
             self.V_D = nn.ModuleDict({str(i): nn.Linear(r, H) for i in self.layer_ids})
-        self.act = _ACT[config.activation]()
+        self.act = activation(config.activation)
         outputs = [self.V_D] if config.shared else list(self.V_D.values())
         reset_parameters(self, config.init, outputs=outputs)
 

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from palbert.activations import activation
 from palbert.layers.config import ModuleConfig
-
-_ACT = {"none": nn.Identity, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
 class LowDimAttention(nn.Module):
@@ -67,7 +66,7 @@ class PAL(nn.Module):
         self.attn = nn.ModuleDict(
             {str(i): LowDimAttention(d, config.heads) for i in self.layer_ids}
         )
-        self.act = _ACT[config.activation]()
+        self.act = activation(config.activation)
         # Progressive depth: layers whose PAL is switched on (all unless a schedule says so).
         self.active: set[int] = set(self.layer_ids)
         reset_parameters(self, config.init, outputs=self._outputs())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from palbert.validate import ConfigError
+
 MAX_LISTED = 20  # how many bad rows an error message lists before saying "... and N more"
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A task's spec or data is wrong; the message names the file, line or key and the reason.
 
     ``problems`` holds ``(file, line, reason)`` for every bad row found (all of them, even when

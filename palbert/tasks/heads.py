@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from palbert.activations import activation as make_activation
 from palbert.tasks.spec import HeadSpec
 
 if TYPE_CHECKING:
     from palbert.encoded import Encoded
-
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -94,7 +93,7 @@ def mlp(
     layers: list[nn.Module] = [nn.Dropout(dropout)]
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, h), make_activation(activation), nn.Dropout(dropout)]
         width = h
     layers.append(nn.Linear(width, out_features))
     seq = nn.Sequential(*layers)

@@ -20,55 +20,59 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from palbert.activations import ACTIVATIONS
 from palbert.tasks.errors import DataError
+from palbert.validate import (
+    Where,
+    at_least,
+    at_most,
+    build,
+    check,
+    convert,
+    each,
+    fields_of,
+    in_range,
+    matches,
+    non_empty,
+    one_of,
+    rules,
+)
 
 Kind = Literal["classification", "regression"]
 Encoding = Literal["single", "cross", "bi"]
+Format = Literal["auto", "cs224n", "csv", "tsv", "jsonl"]
+HeadType = Literal["linear", "mlp", "cosine"]
+Pooling = Literal["cls", "mean", "last_k"]
+TokenPooling = Literal["cls", "mean"]
+BiFeature = Literal["u", "v", "|u-v|", "u*v"]
+CosineScale = Literal["relu", "affine"]
+Metric = Literal["accuracy", "f1", "f1_macro", "pearson", "spearman"]
 
-KINDS = ("classification", "regression")
-ENCODINGS = ("single", "cross", "bi")
-FORMATS = ("auto", "cs224n", "csv", "tsv", "jsonl")
-HEAD_TYPES = ("linear", "mlp", "cosine")
-POOLINGS = ("cls", "mean", "last_k")
-TOKEN_POOLINGS = ("cls", "mean")
-ACTIVATIONS = ("relu", "gelu", "tanh")
-DEFAULT_MAX_LENGTH = 128  # tokens per input when neither the task nor the recipe sets one
-BI_FEATURES = ("u", "v", "|u-v|", "u*v")
-COSINE_SCALES = ("relu", "affine")
-METRICS = ("accuracy", "f1", "f1_macro", "pearson", "spearman")
+KINDS = typing.get_args(Kind)
+ENCODINGS = typing.get_args(Encoding)
+FORMATS = typing.get_args(Format)
+HEAD_TYPES = typing.get_args(HeadType)
+POOLINGS = typing.get_args(Pooling)
+TOKEN_POOLINGS = typing.get_args(TokenPooling)
+BI_FEATURES = typing.get_args(BiFeature)
+COSINE_SCALES = typing.get_args(CosineScale)
+METRICS = typing.get_args(Metric)
 CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro")
 REGRESSION_METRICS = ("pearson", "spearman")
+DEFAULT_MAX_LENGTH = 128  # tokens per input when neither the task nor the recipe sets one
+MAX_WIDTH = 1 << 16  # a head layer wider than this is a typo (and would exhaust memory)
 
-
-def _unknown_key(key: str, allowed: list[str], where: str) -> DataError:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return DataError(f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
-
-
-def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"{where} must be one of {', '.join(choices)}, not {value!r}{hint}")
-    return value
-
-
-def _check_type(value: Any, types: type | tuple[type, ...], where: str) -> Any:
-    # bool is an int in Python; a recipe saying `batch_size: true` is still a mistake
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise DataError(f"{where} must be {_type_name(types)}, not {value!r}")
-    if not isinstance(value, types):
-        raise DataError(f"{where} must be {_type_name(types)}, not {value!r}")
-    return value
-
-
-def _type_name(types: type | tuple[type, ...]) -> str:
-    ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join(t.__name__ for t in ts)
+# Task names become file names (exports, predictions, caches): a strict pattern, no paths.
+TASK_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+TASK_NAME_RULE = matches(
+    TASK_NAME,
+    "1 to 64 letters, digits, '_', '.' or '-' starting with a letter or digit "
+    "(a word without spaces or slashes)",
+)
 
 
 def canonical_label(value: Any) -> str:
@@ -110,69 +114,28 @@ class HeadSpec:
       (lo + (cos + 1) / 2 * (hi - lo)).
     """
 
-    type: str = "linear"
-    pooling: str = "cls"
-    k: int = 2
-    token_pooling: str = "mean"
-    hidden: tuple[int, ...] = ()
-    activation: str = "relu"
-    dropout: float = 0.1
-    features: tuple[str, ...] = BI_FEATURES
-    cosine_scale: str = "relu"
+    type: HeadType = "linear"
+    pooling: Pooling = "cls"
+    k: int = field(default=2, metadata=rules(at_least(1)))
+    token_pooling: TokenPooling = "mean"
+    hidden: tuple[int, ...] = field(
+        default=(), metadata=rules(each(at_least(1), at_most(MAX_WIDTH)), listify=True)
+    )
+    activation: str = field(default="relu", metadata=rules(one_of(ACTIVATIONS)))
+    dropout: float = field(default=0.1, metadata=rules(in_range(0, 1)))
+    features: tuple[BiFeature, ...] = field(default=BI_FEATURES, metadata=rules(non_empty))
+    cosine_scale: CosineScale = "relu"
+
+    def __post_init__(self) -> None:
+        where = Where(prefix=("head",), error=DataError)
+        check(self, where)
+        if self.type == "linear" and self.hidden:
+            raise where.fail(("hidden",), ": hidden sizes need type 'mlp', not 'linear'")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "head") -> HeadSpec:
+    def from_dict(cls, d: dict[str, Any] | None, where: Where | None = None) -> HeadSpec:
         """Validate a ``head:`` mapping; unknown keys and bad values raise :class:`DataError`."""
-        d = dict(d or {})
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in allowed:
-                raise _unknown_key(key, allowed, where)
-        kw: dict[str, Any] = {}
-        if "type" in d:
-            kw["type"] = _choice(d["type"], HEAD_TYPES, f"{where}.type")
-        if "pooling" in d:
-            kw["pooling"] = _choice(d["pooling"], POOLINGS, f"{where}.pooling")
-        if "token_pooling" in d:
-            kw["token_pooling"] = _choice(
-                d["token_pooling"], TOKEN_POOLINGS, f"{where}.token_pooling"
-            )
-        if "k" in d:
-            k = _check_type(d["k"], int, f"{where}.k")
-            if k < 1:
-                raise DataError(f"{where}.k must be >= 1, not {k}")
-            kw["k"] = k
-        if "hidden" in d:
-            hidden = d["hidden"]
-            if isinstance(hidden, int) and not isinstance(hidden, bool):
-                hidden = [hidden]
-            _check_type(hidden, (list, tuple), f"{where}.hidden")
-            for h in hidden:
-                if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-                    raise DataError(
-                        f"{where}.hidden must be a list of positive ints, not {hidden!r}"
-                    )
-            kw["hidden"] = tuple(hidden)
-        if "activation" in d:
-            kw["activation"] = _choice(d["activation"], ACTIVATIONS, f"{where}.activation")
-        if "dropout" in d:
-            p = float(_check_type(d["dropout"], (int, float), f"{where}.dropout"))
-            if not 0.0 <= p < 1.0:
-                raise DataError(f"{where}.dropout must be in [0, 1), not {p}")
-            kw["dropout"] = p
-        if "features" in d:
-            feats = _check_type(d["features"], (list, tuple), f"{where}.features")
-            if not feats:
-                raise DataError(f"{where}.features must not be empty")
-            for f in feats:
-                _choice(f, BI_FEATURES, f"{where}.features[]")
-            kw["features"] = tuple(feats)
-        if "cosine_scale" in d:
-            kw["cosine_scale"] = _choice(d["cosine_scale"], COSINE_SCALES, f"{where}.cosine_scale")
-        spec = cls(**kw)
-        if spec.type == "linear" and spec.hidden:
-            raise DataError(f"{where}: hidden sizes need type 'mlp', not 'linear'")
-        return spec
+        return build(cls, d, (), where or Where(prefix=("head",), error=DataError))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -194,25 +157,15 @@ class DatasetSpec:
     )
     revision: str | None = None
 
+    def __post_init__(self) -> None:
+        check(self, Where(prefix=("dataset",), error=DataError))
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | str, where: str = "dataset") -> DatasetSpec:
-        if isinstance(d, str):
-            d = {"name": d}
-        _check_type(d, dict, where)
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in allowed:
-                raise _unknown_key(key, allowed, where)
-        if "name" not in d:
-            raise DataError(f"{where}: 'name' (the Hugging Face dataset) is required")
-        kw = dict(d)
-        _check_type(kw["name"], str, f"{where}.name")
-        if kw.get("config") is not None:
-            _check_type(kw["config"], str, f"{where}.config")
-        if "splits" in kw:
-            splits = _check_type(kw["splits"], dict, f"{where}.splits")
-            kw["splits"] = {str(k): str(v) for k, v in splits.items()}
-        return cls(**kw)
+    def from_dict(cls, d: dict[str, Any] | str, where: Where | None = None) -> DatasetSpec:
+        """Validate a ``dataset:`` mapping (or a bare Hugging Face name)."""
+        return build(
+            cls, _dataset_mapping(d), (), where or Where(prefix=("dataset",), error=DataError)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -243,26 +196,34 @@ class TaskSpec:
       ``loss_weight`` (read by the trainer).
     """
 
-    name: str
+    name: str = field(metadata=rules(TASK_NAME_RULE))
     kind: Kind = "classification"
     pair: bool = False
-    text: tuple[str, ...] = ("sentence",)
+    text: tuple[str, ...] = field(
+        default=("sentence",), metadata=rules(non_empty, each(non_empty), listify=True)
+    )
     label: str | None = "label"
     id: str | None = None
     labels: tuple[str, ...] | None = None
-    num_labels: int | None = None
+    num_labels: int | None = field(default=None, metadata=rules(at_least(1)))
     label_range: tuple[float, float] | None = None
     files: dict[str, str] = field(default_factory=dict)
     dataset: DatasetSpec | None = None
-    format: str = "auto"
+    format: Format = "auto"
     multiline: bool = False
     encoding: Encoding = "single"
     head: HeadSpec = field(default_factory=HeadSpec)
-    metrics: tuple[str, ...] = ("accuracy",)
-    primary_metric: str = "accuracy"
-    batch_size: int | None = None
-    max_length: int | None = None
-    loss_weight: float = 1.0
+    metrics: tuple[Metric, ...] = field(
+        default=("accuracy",), metadata=rules(non_empty, listify=True)
+    )
+    primary_metric: Metric = "accuracy"
+    batch_size: int | None = field(default=None, metadata=rules(at_least(1)))
+    max_length: int | None = field(default=None, metadata=rules(at_least(1)))
+    loss_weight: float = field(default=1.0, metadata=rules(at_least(0)))
+
+    def __post_init__(self) -> None:
+        # every spec, from a recipe, a task file or code, obeys the field rules (name included)
+        check(self, Where(title=f"task {self.name!r}", error=DataError))
 
     @classmethod
     def coerce(cls, spec: Any, name: str | None = None) -> TaskSpec:
@@ -285,9 +246,10 @@ class TaskSpec:
         return [f.name for f in dataclasses.fields(cls)] + ["extends"]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+    def from_dict(cls, d: dict[str, Any], where: Where | None = None) -> TaskSpec:
         """Validate a task mapping. Unknown keys, wrong types and contradictions raise
-        :class:`DataError` naming the key.
+        :class:`DataError` naming the key (or ``where``'s error, e.g. a recipe's, with the
+        YAML line).
 
         >>> TaskSpec.from_dict({"name": "sst"}).labels
         ('0', '1', '2', '3', '4')
@@ -295,170 +257,123 @@ class TaskSpec:
         ...                     "text": "t", "label": "y", "files": {"train": "a.csv"}}).kind
         'regression'
         """
-        _check_type(d, dict, "task")
+        where = where or Where(title="task", error=DataError)
+        if not isinstance(d, dict):
+            raise where.fail((), f"must be a mapping of keys, not {d!r}")
         if "name" not in d:
-            raise DataError("task: 'name' is required")
-        name = _check_type(d["name"], str, "task.name")
-        if not name or any(c in name for c in "/\\ \t\n"):
-            raise DataError(
-                f"task.name must be a non-empty word without spaces or slashes, not {name!r}"
-            )
-        where = f"task {name!r}"
-        allowed = cls.keys()
-        for key in d:
-            if key not in allowed:
-                raise _unknown_key(key, allowed, where)
+            raise where.fail(("name",), "is required")
+        name = convert(d["name"], str, ("name",), where, rules(TASK_NAME_RULE))
+        if where.title == "task":
+            where = dataclasses.replace(where, title=f"task {name!r}")
 
-        base = d.get("extends", name if name in BUILTIN_SPECS else None)
+        d = dict(d)
+        base = d.pop("extends", name if name in BUILTIN_SPECS else None)
         if base is not None:
             if base not in BUILTIN_SPECS:
-                raise DataError(
-                    f"{where}.extends: {base!r} is not a built-in task ({', '.join(BUILTIN_SPECS)})"
+                raise where.fail(
+                    ("extends",),
+                    f": {base!r} is not a built-in task ({', '.join(BUILTIN_SPECS)})"
+                    f"{_did_you_mean(base)}",
                 )
             merged = dict(BUILTIN_SPECS[base])
             for key, value in d.items():
-                if key == "head" and isinstance(value, dict):
-                    merged["head"] = {**merged.get("head", {}), **value}
-                elif key == "files" and isinstance(value, dict):
-                    merged["files"] = {**merged.get("files", {}), **value}
-                elif key != "extends":
+                if key in ("head", "files") and isinstance(value, dict):
+                    merged[key] = {**merged.get(key, {}), **value}
+                else:
                     merged[key] = value
             # a new head type brings its own default encoding unless the user set one
             if "head" in d and "encoding" not in d:
                 merged.pop("encoding", None)
             d = merged
-            d["name"] = name
         return cls._validate(d, where)
 
     @classmethod
-    def _validate(cls, d: dict[str, Any], where: str) -> TaskSpec:
-        kw: dict[str, Any] = {"name": d["name"]}
-        kind = kw["kind"] = _choice(d.get("kind", "classification"), KINDS, f"{where}.kind")
-        pair = kw["pair"] = bool(_check_type(d.get("pair", False), bool, f"{where}.pair"))
+    def _validate(cls, d: dict[str, Any], where: Where) -> TaskSpec:
+        """Typed fields from :func:`palbert.validate.fields_of`, then defaults that depend on
+        other keys and the rules across keys."""
+        raw_labels = d.get("labels")
+        if isinstance(raw_labels, (list, tuple)):  # labels 0/1 or "1.0" name "1"
+            d["labels"] = [
+                canonical_label(v) if isinstance(v, (str, int, float)) else v for v in d["labels"]
+            ]
+        if isinstance(d.get("dataset"), str):
+            d["dataset"] = _dataset_mapping(d["dataset"])
+        kw = fields_of(cls, d, (), where)
+        kind, pair = kw.get("kind", "classification"), kw.get("pair", False)
 
-        text = d.get("text", ["sentence1", "sentence2"] if pair else "sentence")
-        if isinstance(text, str):
-            text = [text]
-        _check_type(text, (list, tuple), f"{where}.text")
-        if any(not isinstance(t, str) or not t for t in text):
-            raise DataError(f"{where}.text must name columns, not {text!r}")
+        text = kw.setdefault("text", ("sentence1", "sentence2") if pair else ("sentence",))
         if len(text) != (2 if pair else 1):
             want = "two columns (pair: true)" if pair else "one column (pair: false)"
-            raise DataError(f"{where}.text must name {want}, not {text!r}")
-        kw["text"] = tuple(text)
-
-        label = d.get("label", "label")
-        if label is not None:
-            _check_type(label, str, f"{where}.label")
-        kw["label"] = label
-        if d.get("id") is not None:
-            _check_type(d["id"], str, f"{where}.id")
-        kw["id"] = d.get("id")
+            raise where.fail(("text",), f"must name {want}, not {list(text)!r}")
 
         if kind == "classification":
-            if d.get("label_range") is not None:
-                raise DataError(f"{where}.label_range is for regression tasks (kind: regression)")
-            labels = d.get("labels")
-            n = d.get("num_labels")
+            if kw.get("label_range") is not None:
+                raise where.fail(("label_range",), "is for regression tasks (kind: regression)")
+            labels, n = kw.get("labels"), kw.get("num_labels")
             if labels is not None:
-                _check_type(labels, (list, tuple), f"{where}.labels")
-                canon = [canonical_label(v) for v in labels]
-                if len(canon) < 2:
-                    raise DataError(f"{where}.labels needs at least two labels, not {labels!r}")
-                if len(set(canon)) != len(canon):
-                    raise DataError(f"{where}.labels has duplicates: {labels!r}")
-                if n is not None and n != len(canon):
-                    raise DataError(f"{where}: num_labels {n} but {len(canon)} labels listed")
-                kw["labels"] = tuple(canon)
-                kw["num_labels"] = len(canon)
+                if len(labels) < 2:
+                    raise where.fail(("labels",), f"needs at least two labels, not {raw_labels!r}")
+                if len(set(labels)) != len(labels):
+                    raise where.fail(("labels",), f"has duplicates: {raw_labels!r}")
+                if n is not None and n != len(labels):
+                    raise where.fail(
+                        ("num_labels",), f": num_labels {n} but {len(labels)} labels listed"
+                    )
+                kw["num_labels"] = len(labels)
             elif n is not None:
-                _check_type(n, int, f"{where}.num_labels")
                 if n < 2:
-                    raise DataError(f"{where}.num_labels must be >= 2, not {n}")
+                    raise where.fail(("num_labels",), f"must be >= 2, not {n}")
                 kw["labels"] = tuple(str(i) for i in range(n))
-                kw["num_labels"] = n
         else:
             for key in ("labels", "num_labels"):
-                if d.get(key) is not None:
-                    raise DataError(f"{where}.{key} is for classification tasks")
-            rng = d.get("label_range")
+                if kw.get(key) is not None:
+                    raise where.fail((key,), "is for classification tasks")
+            rng = kw.get("label_range")
             if rng is None:
-                raise DataError(f"{where}: a regression task needs label_range: [lo, hi]")
-            _check_type(rng, (list, tuple), f"{where}.label_range")
-            if len(rng) != 2 or any(
-                isinstance(x, bool) or not isinstance(x, (int, float)) for x in rng
-            ):
-                raise DataError(f"{where}.label_range must be [lo, hi] numbers, not {rng!r}")
-            lo, hi = float(rng[0]), float(rng[1])
-            if not lo < hi:
-                raise DataError(f"{where}.label_range needs lo < hi, not {rng!r}")
-            kw["label_range"] = (lo, hi)
+                raise where.fail((), ": a regression task needs label_range: [lo, hi]")
+            if not rng[0] < rng[1]:
+                raise where.fail(("label_range",), f"needs lo < hi, not {list(rng)!r}")
             kw["num_labels"] = 1
 
-        files = d.get("files") or {}
-        _check_type(files, dict, f"{where}.files")
-        for split, path in files.items():
-            _check_type(split, str, f"{where}.files key")
-            _check_type(path, str, f"{where}.files.{split}")
-        kw["files"] = dict(files)
-        if d.get("dataset") is not None:
-            kw["dataset"] = DatasetSpec.from_dict(d["dataset"], f"{where}.dataset")
-        if kw["files"] and kw.get("dataset"):
-            raise DataError(f"{where}: give either files or dataset, not both")
-        if not kw["files"] and not kw.get("dataset"):
-            raise DataError(
-                f"{where}: needs files (split -> path) or a dataset (Hugging Face name)"
+        if kw.get("files") and kw.get("dataset"):
+            raise where.fail((), ": give either files or dataset, not both")
+        if not kw.get("files") and not kw.get("dataset"):
+            raise where.fail(
+                (),
+                ": needs files (split -> path) or a dataset (Hugging Face name)"
+                f"{_did_you_mean(kw['name'], 'the built-in task')}",
             )
-        kw["format"] = _choice(d.get("format", "auto"), FORMATS, f"{where}.format")
-        kw["multiline"] = _check_type(d.get("multiline", False), bool, f"{where}.multiline")
 
-        head = HeadSpec.from_dict(d.get("head"), f"{where}.head")
-        kw["head"] = head
+        head = kw.setdefault("head", HeadSpec())
         default_enc = "bi" if head.type == "cosine" else ("cross" if pair else "single")
-        enc = kw["encoding"] = _choice(
-            d.get("encoding", default_enc), ENCODINGS, f"{where}.encoding"
-        )
+        enc = kw.setdefault("encoding", default_enc)
         if pair and enc == "single":
-            raise DataError(f"{where}: a pair task needs encoding 'cross' or 'bi', not 'single'")
+            raise where.fail(("encoding",), ": a pair task needs 'cross' or 'bi', not 'single'")
         if not pair and enc != "single":
-            raise DataError(f"{where}: encoding {enc!r} needs a pair task (pair: true)")
-        if head.type == "cosine":
-            if kind != "regression" or enc != "bi":
-                raise DataError(
-                    f"{where}.head.type 'cosine' needs a regression pair task with encoding 'bi'"
-                )
+            raise where.fail(("encoding",), f"{enc!r} needs a pair task (pair: true)")
+        if head.type == "cosine" and (kind != "regression" or enc != "bi"):
+            raise where.fail(
+                ("head", "type"), ": 'cosine' needs a regression pair task with encoding 'bi'"
+            )
         if head.pooling != "last_k" and "k" in (d.get("head") or {}):
-            raise DataError(f"{where}.head.k is only used with pooling 'last_k'")
+            raise where.fail(("head", "k"), "is only used with pooling 'last_k'")
 
         fit = CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS
-        metrics = d.get("metrics")
-        if metrics is None:
-            metrics = ["accuracy"] if kind == "classification" else ["pearson", "spearman"]
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        _check_type(metrics, (list, tuple), f"{where}.metrics")
-        for m in metrics:
-            _choice(m, fit, f"{where}.metrics[] (for {kind})")
-        if not metrics:
-            raise DataError(f"{where}.metrics must not be empty")
+        metrics = kw.setdefault("metrics", fit[:1] if kind == "classification" else fit)
+        for i, m in enumerate(metrics):
+            if m not in fit:
+                raise where.fail(
+                    ("metrics", i), f"must be one of {', '.join(fit)} (for {kind}), not {m!r}"
+                )
         if "f1" in metrics and kw.get("num_labels") not in (None, 2):
-            raise DataError(
-                f"{where}: metric 'f1' is binary; use 'f1_macro' for {kw['num_labels']} labels"
+            raise where.fail(
+                ("metrics",),
+                f": metric 'f1' is binary; use 'f1_macro' for {kw['num_labels']} labels",
             )
-        kw["metrics"] = tuple(metrics)
-        primary = d.get("primary_metric", metrics[0])
-        kw["primary_metric"] = _choice(primary, tuple(metrics), f"{where}.primary_metric")
-
-        for key in ("batch_size", "max_length"):
-            if d.get(key) is not None:
-                v = _check_type(d[key], int, f"{where}.{key}")
-                if v < 1:
-                    raise DataError(f"{where}.{key} must be >= 1, not {v}")
-                kw[key] = v
-        w = _check_type(d.get("loss_weight", 1.0), (int, float), f"{where}.loss_weight")
-        if not (math.isfinite(w) and w >= 0):
-            raise DataError(f"{where}.loss_weight must be a finite number >= 0, not {w}")
-        kw["loss_weight"] = float(w)
+        primary = kw.setdefault("primary_metric", metrics[0])
+        problem = one_of(metrics)(primary)
+        if problem:
+            raise where.fail(("primary_metric",), problem)
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -492,6 +407,15 @@ class TaskSpec:
             del d["files"]
         d["extends"] = None  # the mapping is complete; do not merge a built-in again
         return d
+
+
+def _dataset_mapping(d: Any) -> Any:
+    return {"name": d} if isinstance(d, str) else d
+
+
+def _did_you_mean(name: Any, what: str = "") -> str:
+    close = difflib.get_close_matches(str(name), list(BUILTIN_SPECS), n=1)
+    return f" (did you mean {what + ' ' if what else ''}{close[0]!r}?)" if close else ""
 
 
 def _cs224n_files(prefix: str, test: bool = True) -> dict[str, str]:
