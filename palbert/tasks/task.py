@@ -15,6 +15,7 @@ without it (``palbert.tasks.readers`` and ``palbert.tasks.spec`` never import it
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import types
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from palbert.files import child
 from palbert.tasks.errors import DataError, format_problems
+from palbert.tasks.paths import DATA_ENV, default_data_dir
 from palbert.tasks.readers import (
     Example,
     ParseResult,
@@ -73,7 +75,7 @@ class Task:
     ) -> None:
         self.spec = spec
         if data_dir is None:
-            data_dir = os.environ.get("PALBERT_DATA_DIR")
+            data_dir = _default_data_dir(spec)
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
         # cache_dir: None -> the default folder, False -> no disk cache, else that folder
         self._cache_dir_arg = cache_dir
@@ -438,6 +440,17 @@ def _numpy(x: Any):
     return np.asarray(x)
 
 
+def _default_data_dir(spec: TaskSpec) -> Path | None:
+    """``$PALBERT_DATA_DIR``, else the default folder of :mod:`palbert.tasks.paths` when it holds
+    the spec's relative files (the CS224N ones for built-in tasks), else None: the current
+    folder."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    needed = [f for f in spec.files.values() if not Path(f).expanduser().is_absolute()]
+    found = default_data_dir(needed) if needed else None
+    return found if found is not None and all((found / f).is_file() for f in needed) else None
+
+
 def build_task(
     spec: str | Mapping[str, Any] | TaskSpec,
     data_dir: str | Path | None = None,
@@ -455,8 +468,10 @@ def build_task(
         s = spec
     elif isinstance(spec, str):
         if spec not in BUILTIN_TASKS:
+            close = difflib.get_close_matches(spec, list(BUILTIN_TASKS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise DataError(
-                f"unknown task {spec!r}: built-in tasks are {', '.join(BUILTIN_TASKS)}; "
+                f"unknown task {spec!r}{hint}: built-in tasks are {', '.join(BUILTIN_TASKS)}; "
                 "define others as a mapping (name, kind, text, label, files)"
             )
         s = BUILTIN_TASKS[spec]
