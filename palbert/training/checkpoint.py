@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from palbert.files import atomic_write_text, atomic_write_with
+from palbert.files import atomic_write_with, fsync_dir
 
 FORMAT = 1
 
@@ -70,10 +70,15 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     old = final.parent / f".{final.name}.old"
     try:
         write(tmp)
+        for f in tmp.iterdir():  # the contents reach the disk before the rename does
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)  # a directory cannot be renamed over a non-empty one
         os.replace(tmp, final)
+        fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,7 +203,14 @@ def load_checkpoint(path: Path, model: nn.Module, trainer: Any) -> dict[str, Any
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {found} has format {state.get('format')}, expected {FORMAT}")
     weights = load_file(str(found / "weights.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes differ: the recipe changed a module or head
+        first = next((x.strip() for x in str(e).splitlines()[1:] if x.strip()), str(e))
+        raise ValueError(
+            f"checkpoint {found} does not fit the model the recipe builds ({first}); "
+            "was a module or head of the recipe changed?"
+        ) from None
     if unexpected:
         raise ValueError(f"checkpoint {found} has weights the model lacks: {unexpected[:5]}")
     tensors = load_file(str(found / "state.safetensors"))
@@ -234,7 +246,6 @@ def _jsonable(obj: Any) -> Any:
 
 __all__ = [
     "atomic_save_file",
-    "atomic_write_text",
     "checkpoint_dir",
     "load_checkpoint",
     "read_metadata",

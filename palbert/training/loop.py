@@ -2,11 +2,10 @@
 
 ::
 
-    trainer = Trainer(model, losses={"sst": sst_task.loss}, weights={"sst": 1.0},
-                      optimizer_cfg=recipe.optimizer, schedule_cfg=recipe.schedule,
-                      total_steps=1000, precision="fp32", device=torch.device("cpu"))
+    trainer = Trainer(model, recipe.optimizer, recipe.schedule, recipe.train,
+                      tasks={"sst": sst_task}, total_steps=1000)
     result = trainer.step([("sst", batch1), ("sst", batch2)])   # one optimizer step
-    scores = evaluate(model, tasks, dev_loaders, device)
+    scores = evaluate(model, tasks, dev_loaders, trainer.device)
 
 **One optimizer step** takes a window of micro-batches (``grad_accum`` sampler draws, each
 from one task). Each task's loss in the window is the mean over *all* of its rows in the
@@ -29,15 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from palbert.training.pcgrad import pcgrad
+
+if TYPE_CHECKING:
+    from palbert.recipe import OptimizerSection, ScheduleSection, TrainSection
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -224,57 +226,55 @@ class StepResult:
 class Trainer:
     """Owns the optimizer, schedule and scaler of one model and performs optimizer steps.
 
-    ``losses`` maps each task to its loss function ``(outputs, labels) -> mean loss``;
-    ``weights`` to its loss weight.
+    The recipe's sections say how: ``optimizer`` (AdamW and the learning rate of each part),
+    ``schedule`` (warmup and decay over ``total_steps``) and ``train`` (precision, clipping,
+    PCGrad, seed). The trainer works where the model's parameters are, so move the model
+    first. ``tasks`` maps each task to an object with ``loss(outputs, labels)`` and
+    ``spec.loss_weight`` (a :class:`palbert.tasks.Task`). ``mixed``: each step's
+    micro-batches go through the model as one batch with ``task_ids`` (``sampler.mixed``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
-        weights: dict[str, float] | None = None,
+        optimizer: OptimizerSection,
+        schedule: ScheduleSection,
+        train: TrainSection,
         *,
-        lr: float = 2e-5,
-        task_lr: float | None = 1e-3,
-        head_lr: float | None = None,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        warmup_steps: int = 0,
-        total_steps: int = 1,
-        decay: str = "linear",
-        grad_clip: float | None = 1.0,
-        use_pcgrad: bool = False,
+        tasks: Mapping[str, Any],
+        total_steps: int,
         mixed: bool = False,
-        precision: str = "fp32",
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        pad_id: int = 0,
     ) -> None:
         self.model = model
-        self.losses = losses
-        self.weights = {t: 1.0 for t in losses} | dict(weights or {})
-        self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.grad_clip = grad_clip
-        self.use_pcgrad = use_pcgrad
+        self.losses = {t: task.loss for t, task in tasks.items()}
+        self.weights = {t: float(task.spec.loss_weight) for t, task in tasks.items()}
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(train.precision, self.device)
+        self.grad_clip = train.grad_clip
+        self.use_pcgrad = train.pcgrad
         self.mixed = mixed
-        self.seed = seed
-        self.pad_id = pad_id
-        self.groups = param_groups(model, lr, task_lr, weight_decay, head_lr)
+        self.seed = train.seed
+        self.pad_id = _pad_id(model)
+        o = optimizer
+        self.groups = param_groups(model, o.lr, o.task_lr, o.weight_decay, o.head_lr)
         if not self.groups:
             raise ValueError("the model has no trainable parameters")
         self.params = [p for g in self.groups for p in g["params"]]
         self.param_names = [n for g in self.groups for n in g["names"]]
         self.optimizer = torch.optim.AdamW(
             self.groups,
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
             foreach=False,  # the plain loop: bit-identical on resume, same on every device
         )
-        self.warmup, self.total, self.decay = warmup_steps, total_steps, decay
+        self.total, self.decay = total_steps, schedule.decay
+        self.warmup = (
+            schedule.warmup_steps
+            if schedule.warmup_steps is not None
+            else int(schedule.warmup_ratio * total_steps)
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.warmup, self.total, self.decay)
         )
@@ -462,6 +462,13 @@ class Trainer:
             grads[i].copy_(flat[offset : offset + n].view_as(grads[i]))
             offset += n
         return grads
+
+
+def _pad_id(model: nn.Module) -> int:
+    """The encoder's padding id, for merging micro-batches of different widths (the padded
+    positions are masked, so this keeps the merged batch equal to its parts)."""
+    config = getattr(getattr(model, "info", None), "config", None)
+    return int(getattr(config, "pad_token_id", None) or 0)
 
 
 # -- evaluation ---------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from palbert.files import atomic_write_with
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
@@ -58,6 +60,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(Path(run_dir).name)
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "metrics.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:  # format named: the temporary file's suffix is not .png
+        atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out
