@@ -81,13 +81,21 @@ def init_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    if device_pref not in ("auto", "cuda", "cpu"):
+    if device_pref == "auto":
+        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
         device = torch.device(device_pref)
-    elif cuda:
+    except RuntimeError:
+        raise RecipeError(
+            f"train.device {device_pref!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(
+            f"train.device {device_pref!r}: no CUDA device is available here; "
+            "use train.device=auto or cpu"
+        )
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
