@@ -114,7 +114,13 @@ def test_mixed_batches_train_when_they_can(tiny_setup, tmp_path):  # noqa: F811
     "device, message",
     [("foo", "is not a device"), ("cuda", "no CUDA device")],
 )
-def test_a_device_that_cannot_work_is_refused(tiny_setup, tmp_path, capsys, device, message):  # noqa: F811
+def test_a_device_that_cannot_work_is_refused(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    device,
+    message,
+):
     from palbert.cli import main
 
     if device == "cuda" and torch.cuda.is_available():
@@ -159,6 +165,32 @@ def test_a_refused_resume_leaves_the_run_byte_identical(
     # the run still resumes as it was
     assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_complete_run_is_not_resumed_and_a_finished_one_keeps_its_scores(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data)
+    with pytest.raises(TrainingInterrupted):  # killed right after the final checkpoint
+        train(load_recipe(path), progress=False, stop_at_step=6)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert not (run / "summary.json").exists()
+    assert train(load_recipe(path), resume=run, progress=False) == run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["step"] == 6 and summary["best"] is not None
+    assert summary["time_s"] > 0
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+    assert "is complete" in one_line_error(capsys.readouterr().err)
+    assert snapshot(run) == before
 
 
 def test_an_accepted_override_on_resume_is_kept_in_the_recipe(tiny_setup, tmp_path):  # noqa: F811

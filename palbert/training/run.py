@@ -18,8 +18,15 @@ The run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/``::
     tb/                TensorBoard event files
     COMPLETE           empty, written last when the run finished
 
-The folder is made only once the backbone, the tokenizer and every task's data have loaded,
-so a run that cannot start leaves nothing behind.
+best.safetensors' metadata and last/state.json record the position of the progressive PAL
+schedule (``progress_step``, ``progress_epoch``: the step and epoch the saved weights last
+trained under); :func:`load_run` restores it with ``model.set_progress``.
+
+:func:`train` reads in three parts: :func:`prepare` builds and checks everything (device and
+precision, task specs and data, sampler against the tasks, backbone, tokenizer against the
+encoder's vocabulary, tokenized batches); only then is the run folder made (or, on resume,
+the checkpoint loaded, before anything in the folder changes); then :func:`_loop` trains,
+carrying a :class:`RunState`. A run that cannot start leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -242,7 +249,7 @@ class RunState:
     across a resume."""
 
     best: dict[str, Any] | None = None  # {"step", "score", "scores"} of the best evaluation
-    final: dict[str, Any] | None = None  # the latest evaluation of this session
+    final: dict[str, Any] | None = None  # the latest evaluation
     elapsed: float = 0.0  # seconds spent by earlier sessions
     examples: int = 0  # training examples seen
     progress: tuple[int, int] = (0, 0)  # (step, epoch) the progressive schedule trained under
@@ -252,6 +259,7 @@ class RunState:
         """The JSON a checkpoint keeps (see :meth:`restored`)."""
         return {
             "best": self.best,
+            "final": self.final,
             "elapsed": self.elapsed + session_seconds,
             "examples": self.examples,
             **progress_record(self.progress),
@@ -261,6 +269,7 @@ class RunState:
     def restored(cls, saved: dict[str, Any], step: int) -> RunState:
         return cls(
             best=saved["best"],
+            final=saved.get("final"),  # absent in checkpoints of older versions
             elapsed=saved["elapsed"],
             examples=saved["examples"],
             progress=recorded_progress(saved) or (0, 0),
@@ -309,6 +318,10 @@ def train(
         run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
         if not checkpoint_dir(run_dir / "last"):
             raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
+        if (run_dir / "COMPLETE").exists():
+            raise RecipeError(
+                f"{run_dir} is complete (it has COMPLETE); there is nothing to resume"
+            )
         recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     seed_everything(recipe.train.seed)
 
@@ -505,13 +518,8 @@ def _loop(run: Run, progress: bool, stop_at_step: int | None) -> None:
     """Optimizer steps until the run's length, logging, evaluating and checkpointing."""
     from tqdm import tqdm
 
-    recipe, model, trainer, sampler, state = (
-        run.recipe,
-        run.model,
-        run.trainer,
-        run.sampler,
-        run.state,
-    )
+    recipe, model, trainer = run.recipe, run.model, run.trainer
+    sampler, state = run.sampler, run.state
     t, total, names = recipe.train, trainer.total, model.tasks
     bar = tqdm(
         total=total,
@@ -647,8 +655,8 @@ def _evaluate(run: Run, step: int) -> str:
         meta |= progress_record(state.progress)
         atomic_save_file(saved_weights(run.model), run.dir / "best.safetensors", meta)
     primary = " ".join(f"{n} {s[run.tasks[n].primary_metric]:.3f}" for n, s in scores.items())
-    best = state.best
-    return f"step {step}: dev {primary} | score {score:.4f} (best {best['score']:.4f} at {best['step']})"
+    best = f"best {state.best['score']:.4f} at {state.best['step']}"
+    return f"step {step}: dev {primary} | score {score:.4f} ({best})"
 
 
 def _finish(run: Run, session_seconds: float) -> None:
