@@ -319,3 +319,43 @@ def test_no_training_function_takes_more_than_eight_parameters():
                 n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
                 n += bool(a.vararg) + bool(a.kwarg)
                 assert n <= 8, f"{path.name}:{node.lineno} {node.name} takes {n} parameters"
+
+
+@pytest.mark.parametrize("fault", ["gradient", "weight"])
+def test_nothing_non_finite_is_saved(tiny_setup, tmp_path, monkeypatch, capsys, fault):  # noqa: F811
+    """A NaN gradient (step 3) or weight (after step 3) stops the run before step 3's
+    checkpoint; the last checkpoint is step 2's and finite."""
+    from palbert.cli import main
+    from palbert.training.loop import Trainer
+    from palbert.training.run import load_run
+
+    backward, apply = Trainer.backward, Trainer.apply
+
+    def poisoned_backward(self, window):
+        out = backward(self, window)
+        if fault == "gradient" and self.step_count == 2:
+            next(p for p in self.params if p.grad is not None).grad.fill_(float("nan"))
+        return out
+
+    def poisoned_apply(self):
+        res = apply(self)
+        if fault == "weight" and self.step_count == 3:
+            self.params[-1].data.fill_(float("inf"))
+        return res
+
+    monkeypatch.setattr(Trainer, "backward", poisoned_backward)
+    monkeypatch.setattr(Trainer, "apply", poisoned_apply)
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 1}, eval={"every": 2})
+    assert main(["train", str(path), "--no-progress"]) == 1
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("palbert: error")]
+    assert len(line) == 1 and "optimizer step 3" in line[0] and "last good checkpoint" in line[0]
+    assert ("gradient norm is nan" if fault == "gradient" else "is not finite") in line[0]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "last" / "state.json").read_text())["step_count"] == 2
+    for which in ("last", "best"):
+        model, _, _ = load_run(run, which=which)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), which
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["type"] == "error" and records[-1]["step"] == 3
+    assert [r["step"] for r in records if r["type"] == "eval"] == [2]

@@ -15,7 +15,7 @@ from pathlib import Path
 def _train(args: argparse.Namespace) -> int:
     from palbert.recipe import RecipeError, load_recipe
     from palbert.tasks import DataError
-    from palbert.training.loop import NonFiniteLoss
+    from palbert.training.loop import NonFinite
     from palbert.training.run import train
 
     overrides, resume, no_progress = _split_rest(args.overrides, args.resume, args.no_progress)
@@ -35,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     except (RecipeError, DataError, ValueError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
+    except NonFinite as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 1
     print(run_dir)

@@ -44,15 +44,39 @@ if TYPE_CHECKING:
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss was NaN or infinite; training stops and the last good checkpoint is kept."""
+class NonFinite(RuntimeError):
+    """Training produced a NaN or an infinity; the run stops before anything non-finite is
+    saved, and its last good checkpoint is kept. ``at_step``: the optimizer step (1-based)."""
 
-    def __init__(self, task: str, step: int, value: float) -> None:
+    def __init__(self, what: str, at_step: int) -> None:
         super().__init__(
-            f"loss of task {task!r} is {value} at optimizer step {step + 1}; stopping. "
+            f"{what} at optimizer step {at_step}; stopping. "
             "Lower the learning rate, check the data, or try precision=fp32."
         )
+        self.at_step = at_step
+
+
+class NonFiniteLoss(NonFinite):
+    """A loss was NaN or infinite."""
+
+    def __init__(self, task: str, step: int, value: float) -> None:
+        super().__init__(f"loss of task {task!r} is {value}", step + 1)
         self.task, self.step, self.value = task, step, value
+
+
+class NonFiniteGradient(NonFinite):
+    """The gradient norm of a step was NaN or infinite (outside fp16, whose scaler skips
+    such steps); the step is not applied."""
+
+    def __init__(self, step: int, norm: float) -> None:
+        super().__init__(f"the gradient norm is {norm}", step + 1)
+
+
+class NonFiniteWeights(NonFinite):
+    """A trainable weight became NaN or infinite."""
+
+    def __init__(self, step: int, name: str) -> None:
+        super().__init__(f"weight {name} is not finite after the update", step)
 
 
 # -- precision ----------------------------------------------------------------------------
@@ -357,9 +381,14 @@ class Trainer:
         skipped = False
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        grads = [p for p in self.params if p.grad is not None]
         if self.grad_clip:
-            grads = [p for p in self.params if p.grad is not None]
             norm = float(torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=False))
+        else:
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in grads], foreach=False))
+        if self.scaler is None and not math.isfinite(norm):  # the scaler skips such steps
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteGradient(self.step_count, norm)
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
@@ -372,6 +401,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         return StepResult(dict(self._losses), self._examples, lr, skipped, norm)
+
+    def check_weights(self) -> None:
+        """Raise :class:`NonFiniteWeights` if a trainable weight is NaN or infinite (the same
+        on every process, since all hold the same weights)."""
+        bad = torch.stack([~torch.isfinite(p).all() for p in self.params]).nonzero()
+        if len(bad):
+            raise NonFiniteWeights(self.step_count, self.param_names[int(bad[0])])
 
     # -- helpers -----------------------------------------------------------------------
     def _check(self, task: str, loss: torch.Tensor) -> None:
@@ -526,7 +562,10 @@ def selection_score(
 
 
 __all__ = [
+    "NonFinite",
+    "NonFiniteGradient",
     "NonFiniteLoss",
+    "NonFiniteWeights",
     "StepResult",
     "TaskStream",
     "Trainer",

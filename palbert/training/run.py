@@ -64,7 +64,7 @@ from palbert.training.checkpoint import (
     saved_weights,
 )
 from palbert.training.loop import (
-    NonFiniteLoss,
+    NonFinite,
     TaskStream,
     Trainer,
     evaluate,
@@ -341,8 +341,8 @@ def train(
         _announce(run, device)
     try:
         _loop(run, progress, stop_at_step)
-    except NonFiniteLoss as err:
-        run.log.write({"type": "error", "step": run.trainer.step_count + 1, "message": str(err)})
+    except NonFinite as err:
+        run.log.write({"type": "error", "step": err.at_step, "message": str(err)})
         err.args = (f"{err.args[0]} The last good checkpoint is {run.dir / 'last'}.",)
         raise
     finally:
@@ -552,9 +552,13 @@ def _loop(run: Run, progress: bool, stop_at_step: int | None) -> None:
             run.log.write(meter.record(step, sampler.epoch, res, trainer))
 
         paused = _clock()  # evaluation and checkpoints stay out of the training rate
-        if run.main and run.dev and _eval_due(recipe, step, total, sampler.epoch_done):
+        evaluate_now = run.dev and _eval_due(recipe, step, total, sampler.epoch_done)
+        save_now = step == total or _save_due(recipe, step, sampler.epoch_done)
+        if evaluate_now or save_now:  # nothing non-finite is evaluated or saved
+            trainer.check_weights()
+        if run.main and evaluate_now:
             bar.write(_evaluate(run, step))
-        if run.main and (step == total or _save_due(recipe, step, sampler.epoch_done)):
+        if run.main and save_now:
             extra = {
                 "sampler": sampler.state_dict(),
                 "streams": {n: s.state_dict() for n, s in run.streams.items()},
