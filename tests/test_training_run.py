@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,43 @@ def test_nothing_non_finite_is_saved(tiny_setup, tmp_path, monkeypatch, capsys, 
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["type"] == "error" and records[-1]["step"] == 3
     assert [r["step"] for r in records if r["type"] == "eval"] == [2]
+
+
+def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):  # noqa: F811
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, _hold, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    held = _hold(run)  # as another `palbert train --resume` would
+    try:
+        before = snapshot(run)
+        capsys.readouterr()
+        assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert f"being trained by process {os.getpid()}" in line
+        assert snapshot(run) == before
+    finally:
+        held.close()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    (run / ".last.tmp-x1y2").mkdir()
+    (run / ".last.tmp-x1y2" / "weights.safetensors").write_bytes(b"half")
+    (run / ".best.safetensors.abc123.tmp").write_bytes(b"half")
+    (run / ".summary.json.q.tmp").write_text("{")
+    train(load_recipe(path), resume=run, progress=False)
+    assert not [p.name for p in run.glob(".*")]

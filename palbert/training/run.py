@@ -17,6 +17,7 @@ The run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/``::
     summary.json       final and best dev scores per task, steps, time
     tb/                TensorBoard event files
     COMPLETE           empty, written last when the run finished
+    lock               the process id of the process training the run (locked while it does)
 
 best.safetensors' metadata and last/state.json record the position of the progressive PAL
 schedule (``progress_step``, ``progress_epoch``: the step and epoch the saved weights last
@@ -34,19 +35,20 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from palbert.backbones import check_tokenizer, load_tokenizer
-from palbert.files import atomic_write_text
+from palbert.files import TMP_SUFFIX, atomic_write_text
 from palbert.model import PalBert
 from palbert.recipe import (
     Recipe,
@@ -175,6 +177,43 @@ def _new_run_dir(recipe: Recipe) -> Path:
         except FileExistsError:
             n += 1
             path = root / f"{recipe.name}-{stamp}-{n}"
+
+
+def _hold(run_dir: Path) -> IO[str] | None:
+    """Lock the run folder for this process (an advisory ``flock`` on ``run_dir/lock``, let go
+    when the process ends, even by ``kill -9``), so that a second writer is refused with the
+    process id of the first. None where the system has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fh = open(run_dir / "lock", "a+", encoding="utf-8")  # noqa: SIM115 (held until the end)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RecipeError(
+            f"{run_dir} is being trained by process {holder}; wait for it or stop it first"
+        ) from None
+    # the lock file itself, not a renamed copy, so written in place: it holds only the pid
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove the temporary files and folders that a killed run left behind (the swap's
+    ``.last.tmp-*``, the atomic writes' ``.*.tmp``); ``.last.old`` stays, it may be the last
+    good checkpoint."""
+    for path in run_dir.glob(".*"):
+        if path.is_dir() and path.name.startswith(".last.tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(TMP_SUFFIX):
+            path.unlink(missing_ok=True)
 
 
 def find_resumable(recipe: Recipe) -> Path:
@@ -332,21 +371,27 @@ def train(
         restore(run, run_dir)
     elif run.main:
         run_dir = _new_run_dir(recipe)
-    if run.main and (overrides or not resuming):
-        text = dump_recipe(resolved(recipe, run.tasks, run.data_dir))
-        atomic_write_text(run_dir / "recipe.yaml", text)
-    run.dir = _same_on_every_process(run_dir, world)
-    run.log = RunLog(run.dir if run.main else None, run.state.resumed_at)
-    if run.main:
-        _announce(run, device)
+    lock = _hold(run_dir) if run.main else None
     try:
+        if run.main and resuming:
+            clean_leftovers(run_dir)
+        if run.main and (overrides or not resuming):
+            text = dump_recipe(resolved(recipe, run.tasks, run.data_dir))
+            atomic_write_text(run_dir / "recipe.yaml", text)
+        run.dir = _same_on_every_process(run_dir, world)
+        run.log = RunLog(run.dir if run.main else None, run.state.resumed_at)
+        if run.main:
+            _announce(run, device)
         _loop(run, progress, stop_at_step)
     except NonFinite as err:
         run.log.write({"type": "error", "step": err.at_step, "message": str(err)})
         err.args = (f"{err.args[0]} The last good checkpoint is {run.dir / 'last'}.",)
         raise
     finally:
-        run.log.close()
+        if run.log is not None:
+            run.log.close()
+        if lock is not None:
+            lock.close()  # releases the lock
     if world > 1:
         dist.barrier()
     return run.dir
