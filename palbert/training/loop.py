@@ -315,7 +315,8 @@ class Trainer:
 
     def backward(self, window: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
         """Gradients of the window's weighted loss in ``p.grad`` (summed over processes),
-        without stepping. Returns each task's mean loss on this process."""
+        without stepping. Returns each task's mean loss over the window's rows on all
+        processes."""
         self.model.train()
         window = [(t, to_device(b, self.device)) for t, b in window]
         order = list(dict.fromkeys(t for t, _ in window))  # tasks in first-seen order
@@ -337,8 +338,9 @@ class Trainer:
             for i, t in enumerate(order):
                 loss = task_losses[t]
                 self._check(t, loss)
-                self._losses[t] = float(loss.detach())
-                scaled = loss * (self.weights[t] * local[t] / counts[t])
+                share = local[t] / counts[t]
+                self._losses[t] = float(loss.detach()) * share
+                scaled = loss * (self.weights[t] * share)
                 if surgery:  # one backward per task through the shared graph
                     self._backward(scaled, retain=i < len(order) - 1)
                     snapshots.append(self._take_grads())
@@ -363,6 +365,7 @@ class Trainer:
 
         if self.world > 1:
             self._stop_if_any_process_failed()
+            self._losses = self._summed_over_processes(self._losses, order)
         if surgery:
             if self.world > 1:
                 for snap in snapshots:
@@ -426,6 +429,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             task, value = self._bad or ("(on another process)", float("nan"))
             raise NonFiniteLoss(task, self.step_count, value)
+
+    def _summed_over_processes(self, losses: dict[str, float], order: list[str]):
+        """Each process holds its rows' share of a task's mean loss; their sum is the mean
+        over all rows (what one process with the whole batch would log)."""
+        vals = torch.tensor([losses[t] for t in order], dtype=torch.float64, device=self.device)
+        dist.all_reduce(vals)
+        return dict(zip(order, vals.tolist(), strict=True))
 
     def _backward(self, loss: torch.Tensor, retain: bool = False) -> None:
         if self.scaler is not None:
