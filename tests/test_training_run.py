@@ -400,3 +400,80 @@ def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):  # 
     (run / ".summary.json.q.tmp").write_text("{")
     train(load_recipe(path), resume=run, progress=False)
     assert not [p.name for p in run.glob(".*")]
+
+
+def interrupted_run(tiny_setup, tmp_path):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    return path, run
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda run: (run / "last" / "state.json").write_text('{"format": 1, "step'), "damaged"),
+        (lambda run: (run / "last" / "weights.safetensors").write_bytes(b"\0" * 9), "damaged"),
+        (
+            lambda run: (run / "last" / "state.json").write_text(
+                (run / "last" / "state.json")
+                .read_text()
+                .replace('"step_count": 2', '"step_count": 1000000000000')
+            ),
+            "at step 1000000000000, outside the run's 6 steps",
+        ),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_in_one_line(tiny_setup, tmp_path, capsys, damage, message):  # noqa: F811
+    from palbert.cli import main
+
+    path, run = interrupted_run(tiny_setup, tmp_path)
+    damage(run)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert snapshot(run) == before and not (run / "COMPLETE").exists()
+
+
+def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from palbert.cli import main
+    from palbert.training.loop import Trainer
+
+    step = Trainer.step
+
+    def interrupted_at_3(self, window):
+        if self.step_count == 2:
+            raise KeyboardInterrupt
+        return step(self, window)
+
+    monkeypatch.setattr(Trainer, "step", interrupted_at_3)
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    assert main(["train", str(path), "--no-progress"]) == 130
+    (run,) = (tmp_path / "runs").iterdir()
+    err = capsys.readouterr().err
+    assert (
+        f"palbert: interrupted; continue from its last checkpoint with: palbert train {path} --resume {run}"
+        in err
+    )
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, capsys):  # noqa: F811
+    from palbert.cli import main
+
+    _, run = interrupted_run(tiny_setup, tmp_path)
+    lines = (run / "metrics.jsonl").read_bytes().splitlines()
+    lines[0] = b'{"type": "train", "step": 1, "loss": {"sst": 0.5\xff}}'
+    (run / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "metrics.jsonl:1: not a JSON record (not UTF-8 text)" in line

@@ -15,6 +15,7 @@ from pathlib import Path
 def _train(args: argparse.Namespace) -> int:
     from palbert.recipe import RecipeError, load_recipe
     from palbert.tasks import DataError
+    from palbert.training.checkpoint import checkpoint_dir
     from palbert.training.loop import NonFinite
     from palbert.training.run import train
 
@@ -38,6 +39,14 @@ def _train(args: argparse.Namespace) -> int:
     except NonFinite as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        run = getattr(e, "run_dir", None)
+        if run is not None and checkpoint_dir(Path(run) / "last"):
+            how = f"continue from its last checkpoint with: palbert train {args.recipe} --resume {run}"
+        else:
+            how = "no checkpoint was written yet"
+        print(f"\npalbert: interrupted; {how}", file=sys.stderr)
+        return 130
     print(run_dir)
     return 0
 

@@ -18,16 +18,20 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a palbert run folder?")
     records = []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().splitlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if i == len(lines):  # a run killed while writing its last record
                 break
-            raise ValueError(f"{path}:{i}: not a JSON record ({e.msg})") from None
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+            raise ValueError(f"{path}:{i}: not a JSON record ({why})") from None
+        if not isinstance(record, dict) or "type" not in record:
+            raise ValueError(f"{path}:{i}: not a palbert metrics record")
+        records.append(record)
     return records
 
 

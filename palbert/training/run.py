@@ -240,9 +240,9 @@ class RunLog:
         path = run_dir / "metrics.jsonl"
         if resume_step is not None and path.exists():
             # drop what was logged after the checkpoint we resume from
-            keep = [
+            keep = [  # damaged lines go too (undecodable bytes make them invalid JSON)
                 line
-                for line in path.read_text().splitlines()
+                for line in path.read_text("utf-8", errors="replace").splitlines()
                 if _record(line) is not None and _record(line).get("step", 0) <= resume_step
             ]
             atomic_write_text(path, "".join(x + "\n" for x in keep))
@@ -257,7 +257,7 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_json_safe(record)) + "\n")
         if self.writer is None:
             return
@@ -387,6 +387,9 @@ def train(
         run.log.write({"type": "error", "step": err.at_step, "message": str(err)})
         err.args = (f"{err.args[0]} The last good checkpoint is {run.dir / 'last'}.",)
         raise
+    except KeyboardInterrupt as err:  # the command line says how to continue
+        err.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
     finally:
         if run.log is not None:
             run.log.close()
@@ -502,6 +505,11 @@ def restore(run: Run, run_dir: Path) -> None:
     """Continue ``run`` from the last checkpoint in ``run_dir``. A checkpoint that does not
     fit (another model, sampler or data) is refused before anything in the folder changes."""
     saved = load_checkpoint(run_dir / "last", run.model, run.trainer)
+    if not 0 < run.trainer.step_count <= run.trainer.total:
+        raise ValueError(
+            f"the checkpoint in {run_dir} is at step {run.trainer.step_count}, outside the "
+            f"run's {run.trainer.total} steps"
+        )
     run.sampler.load_state_dict(saved["sampler"])
     for name, stream in run.streams.items():
         stream.load_state_dict(saved["streams"][name])
@@ -796,11 +804,13 @@ def _state_json(folder: Path) -> dict[str, Any]:
 
 
 def _record(line: str) -> dict | None:
-    """One metrics.jsonl record, or None for a blank or partial line (a run killed mid-write)."""
+    """One metrics.jsonl record, or None for a blank, partial (a run killed mid-write) or
+    damaged line."""
     try:
-        return json.loads(line) if line.strip() else None
+        record = json.loads(line) if line.strip() else None
     except json.JSONDecodeError:
         return None
+    return record if isinstance(record, dict) else None
 
 
 __all__ = [
