@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:
         run = getattr(e, "run_dir", None)
         if run is not None and checkpoint_dir(Path(run) / "last"):
-            how = f"continue from its last checkpoint with: palbert train {args.recipe} --resume {run}"
+            how = f"continue with: palbert train {args.recipe} --resume {run}"
         else:
             how = "no checkpoint was written yet"
         print(f"\npalbert: interrupted; {how}", file=sys.stderr)
