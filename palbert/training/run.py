@@ -352,15 +352,8 @@ def train(
     ``stop_at_step``: stop as if killed right after step k's checkpoint (for tests).
     """
     rank, world, device = init_distributed(recipe.train.device)
-    run_dir = None
-    if resume:
-        run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
-        if not checkpoint_dir(run_dir / "last"):
-            raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
-        if (run_dir / "COMPLETE").exists():
-            raise RecipeError(
-                f"{run_dir} is complete (it has COMPLETE); there is nothing to resume"
-            )
+    run_dir = _to_resume(recipe, resume)
+    if run_dir is not None:
         recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     seed_everything(recipe.train.seed)
 
@@ -398,6 +391,18 @@ def train(
     if world > 1:
         dist.barrier()
     return run.dir
+
+
+def _to_resume(recipe: Recipe, resume: str | Path | bool | None) -> Path | None:
+    """The run folder that ``resume`` names, if it can be resumed (None: a new run)."""
+    if not resume:
+        return None
+    run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
+    if not checkpoint_dir(run_dir / "last"):
+        raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
+    if (run_dir / "COMPLETE").exists():
+        raise RecipeError(f"{run_dir} is complete (it has COMPLETE); there is nothing to resume")
+    return run_dir
 
 
 def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1) -> Run:
