@@ -52,6 +52,21 @@ def test_tokenizer_larger_than_the_encoder_is_refused_before_anything_is_written
     assert nothing_written(tmp_path)
 
 
+def test_a_max_length_beyond_the_encoders_positions_is_refused(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from palbert.cli import main
+
+    backbone, data = tiny_setup  # 64 positions
+    path = write_recipe(tmp_path, backbone, data, tasks=["sst", {"name": "sts", "max_length": 65}])
+    assert main(["train", str(path), "--no-progress"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "task 'sts': max_length 65 is longer than the encoder's 64 positions" in line
+    assert nothing_written(tmp_path)
+
+
 @pytest.mark.parametrize(
     "tasks, sampler, train, message",
     [

@@ -409,7 +409,8 @@ def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1)
     """Build a run and check everything that can fail on the user's setup, writing nothing:
     precision on this device, the task specs and data folder, the sampler against the tasks,
     the backbone (whose unreachable-hub message says what to do), the tokenizer against the
-    encoder's vocabulary, and every task's data (read and tokenized)."""
+    encoder's vocabulary, max_length against its positions, and every task's data (read
+    and tokenized)."""
     t = recipe.train
     resolve_precision(t.precision, device)
     data_dir = resolve_data_dir(recipe)
@@ -418,6 +419,7 @@ def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1)
     model = build_model(recipe, tasks)
     tokenizer = load_tokenizer(model.info)
     check_tokenizer(model.info, tokenizer)
+    check_lengths(model, tokenizer)
     train_batches, dev = _batches(recipe, model, tasks, tokenizer, rank, world)
     model.gradient_checkpointing(t.gradient_checkpointing)
     model.to(device)
@@ -457,6 +459,23 @@ def check_sampler(recipe: Recipe, tasks: dict[str, Any]) -> None:
             f"{where}: sampler.mixed cannot put task {bi[0]!r} in a mixed batch: it encodes "
             "its two sentences apart (encoding: bi); set sampler.mixed: false"
         )
+
+
+def check_lengths(model: PalBert, tokenizer: Any) -> None:
+    """Refuse a task whose max_length (capped by the tokenizer's, as tokenizing does) is
+    longer than the encoder's position embeddings: its long rows would fail mid-run."""
+    positions = getattr(model.info.config, "max_position_embeddings", None)
+    cap = getattr(tokenizer, "model_max_length", None)
+    for name, spec in model.specs.items():
+        n = spec.max_length
+        if isinstance(cap, int) and 0 < cap < n:
+            n = cap
+        if positions and n > positions:
+            raise RecipeError(
+                f"task {name!r}: max_length {n} is longer than the encoder's {positions} "
+                f"positions; set train.max_length (or the task's max_length) to at most "
+                f"{positions}"
+            )
 
 
 def _batches(recipe, model, tasks, tokenizer, rank, world):
@@ -824,6 +843,7 @@ __all__ = [
     "TrainingInterrupted",
     "build_model",
     "build_tasks",
+    "check_lengths",
     "check_sampler",
     "load_run",
     "prepare",
