@@ -1,5 +1,6 @@
-"""A run is checked before anything is written; a refused resume changes nothing; a loaded
-run predicts at the length it trained with; the training rate leaves evaluation out."""
+"""Runs: every check before anything is written; a refused or damaged resume changes nothing;
+one writer per run folder; nothing non-finite is saved; a loaded run predicts at the length
+it trained with and has the PALs of its last step; the training rate leaves evaluation out."""
 
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ True)``), and torch's AdamW skips such parameters entirely: no weight decay and 
 update, so a task that was not sampled does not drift. Frozen parameters are not in the
 optimizer at all, so they hold no gradient and no optimizer state.
 
+**NaN and infinity stop training** before they reach a file: a non-finite loss
+(:class:`NonFiniteLoss`) or gradient norm (:class:`NonFiniteGradient`; under fp16 the scaler
+skips such a step instead) stops the step, and :meth:`Trainer.check_weights` runs before
+every evaluation and checkpoint. The run's last good checkpoint stays.
+
 **More than one process.** The model is not wrapped in DistributedDataParallel: after the
 backward passes of a window the gradients are summed across processes with one
 ``all_reduce`` (per task when PCGrad is on, before the surgery). This keeps PCGrad exact,
