@@ -33,6 +33,19 @@ from palbert.tasks.readers import Example
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto -> fp16 on CUDA, fp32 elsewhere; fp16 off CUDA and bf16 where unsupported fail."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {name!r}")
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use precision fp16")
+    return name
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context of a precision (a no-op for fp32)."""
     if precision == "fp32":
@@ -214,5 +227,6 @@ __all__ = [
     "length_batches",
     "padding_waste",
     "predict",
+    "resolve_precision",
     "run_split",
 ]

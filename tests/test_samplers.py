@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from palbert.recipe import SamplerSection
 from palbert.training.samplers import (
     TaskSampler,
     annealed_alpha,
@@ -13,6 +14,12 @@ from palbert.training.samplers import (
 )
 
 SIZES = [250, 54, 500, 174]
+
+
+def sampler(kind, sizes, *, seed=0, epochs=1, grad_accum=1, **section) -> TaskSampler:
+    """A sampler of a ``sampler:`` section with ``kind`` and the other keys given."""
+    config = SamplerSection(kind=kind, **section)
+    return TaskSampler(config, sizes, seed=seed, epochs=epochs, grad_accum=grad_accum)
 
 
 def normalized(x):
@@ -53,13 +60,13 @@ def test_annealed_single_epoch_is_proportional():
 
 
 def test_empirical_frequencies_follow_probabilities():
-    s = TaskSampler("sqrt", SIZES, seed=3, policy="fixed", steps_per_epoch=20000)
+    s = sampler("sqrt", SIZES, seed=3, epoch="fixed", steps_per_epoch=20000)
     counts = np.bincount(s.plan(0), minlength=4) / 20000
     np.testing.assert_allclose(counts, normalized(np.sqrt(SIZES)), atol=0.01)
 
 
 def test_annealed_sampler_changes_distribution_across_epochs():
-    s = TaskSampler("annealed", SIZES, seed=0, epochs=3, policy="fixed", steps_per_epoch=20000)
+    s = sampler("annealed", SIZES, seed=0, epochs=3, epoch="fixed", steps_per_epoch=20000)
     first = np.bincount(s.plan(0), minlength=4) / 20000
     last = np.bincount(s.plan(2), minlength=4) / 20000
     np.testing.assert_allclose(first, normalized(SIZES), atol=0.01)
@@ -67,7 +74,7 @@ def test_annealed_sampler_changes_distribution_across_epochs():
 
 
 def test_round_robin_cycles_and_advances():
-    s = TaskSampler("round_robin", [3, 2, 5], seed=0)
+    s = sampler("round_robin", [3, 2, 5], seed=0)
     got = [s.next_window()[0] for _ in range(7)]
     assert got == [0, 1, 2, 0, 1, 2, 0]
 
@@ -81,36 +88,36 @@ def test_epoch_policies(policy, expected):
 
 def test_epoch_is_whole_windows():
     # D rounded down to a multiple of grad_accum; steps per epoch = D / grad_accum
-    s = TaskSampler("uniform", [5, 6], grad_accum=4)
+    s = sampler("uniform", [5, 6], grad_accum=4)
     assert s.draws == 8 and s.steps_per_epoch == 2
-    s = TaskSampler("uniform", [5, 6], grad_accum=4, policy="fixed", steps_per_epoch=3)
+    s = sampler("uniform", [5, 6], grad_accum=4, epoch="fixed", steps_per_epoch=3)
     assert s.draws == 12 and s.steps_per_epoch == 3
 
 
 def test_min_policy_with_round_robin_repeats_no_batch():
-    s = TaskSampler("round_robin", [7, 3, 5], policy="min", per="micro_batch", grad_accum=3)
+    s = sampler("round_robin", [7, 3, 5], epoch="min", per="micro_batch", grad_accum=3)
     counts = np.bincount(s.plan(0), minlength=3)
     assert counts.tolist() == [3, 3, 3]  # each task exactly its smallest count
 
 
 def test_one_task_per_step_by_default():
-    s = TaskSampler("uniform", SIZES, seed=1, grad_accum=4)
+    s = sampler("uniform", SIZES, seed=1, grad_accum=4)
     for _ in range(50):
         window = s.next_window()
         assert len(window) == 4 and len(set(window)) == 1
 
 
 def test_per_micro_batch_round_robin_windows_hold_every_task():
-    s = TaskSampler("round_robin", [4, 4, 4], per="micro_batch", grad_accum=3)
+    s = sampler("round_robin", [4, 4, 4], per="micro_batch", grad_accum=3)
     for _ in range(6):
         assert sorted(s.next_window()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("kind", ["uniform", "proportional", "sqrt", "annealed", "temperature"])
 def test_deterministic_under_seed(kind):
-    a = TaskSampler(kind, SIZES, seed=7, epochs=3)
-    b = TaskSampler(kind, SIZES, seed=7, epochs=3)
-    c = TaskSampler(kind, SIZES, seed=8, epochs=3)
+    a = sampler(kind, SIZES, seed=7, epochs=3)
+    b = sampler(kind, SIZES, seed=7, epochs=3)
+    c = sampler(kind, SIZES, seed=8, epochs=3)
     for e in range(3):
         np.testing.assert_array_equal(a.plan(e), b.plan(e))
     assert not np.array_equal(a.plan(0), c.plan(0))
@@ -118,20 +125,20 @@ def test_deterministic_under_seed(kind):
 
 
 def test_state_round_trip_continues_identically():
-    a = TaskSampler("sqrt", SIZES, seed=5, epochs=2, grad_accum=2, per="micro_batch")
+    a = sampler("sqrt", SIZES, seed=5, epochs=2, grad_accum=2, per="micro_batch")
     for _ in range(700):  # crosses the epoch boundary (489 windows per epoch)
         a.next_window()
     state = a.state_dict()
     rest = [a.next_window() for _ in range(400)]
-    b = TaskSampler("sqrt", SIZES, seed=5, epochs=2, grad_accum=2, per="micro_batch")
+    b = sampler("sqrt", SIZES, seed=5, epochs=2, grad_accum=2, per="micro_batch")
     b.load_state_dict(state)
     assert [b.next_window() for _ in range(400)] == rest
 
 
 def test_state_of_another_configuration_is_refused():
-    state = TaskSampler("sqrt", SIZES, seed=5).state_dict()
+    state = sampler("sqrt", SIZES, seed=5).state_dict()
     with pytest.raises(ValueError, match="sizes"):
-        TaskSampler("sqrt", [1, 2, 3, 4], seed=5).load_state_dict(state)
+        sampler("sqrt", [1, 2, 3, 4], seed=5).load_state_dict(state)
 
 
 def test_bad_arguments():

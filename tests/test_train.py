@@ -160,11 +160,14 @@ def batches(backbone: Path, data: Path, task: str, batch_size: int):
     return list(build_task(task, data_dir=data).batches("train", tok, batch_size=batch_size))
 
 
-def make_trainer(model, tasks, **kw):
+def make_trainer(model, tasks, *, precision="fp32", pcgrad=False, **optimizer):
+    """A trainer of the recipe sections' defaults, with ``optimizer`` keys changed."""
+    from palbert.recipe import OptimizerSection, ScheduleSection, TrainSection
     from palbert.training.loop import Trainer
 
-    kw.setdefault("precision", "fp32")
-    return Trainer(model, losses={n: t.loss for n, t in tasks.items()}, **kw)
+    train = TrainSection(precision=precision, pcgrad=pcgrad)
+    sections = (OptimizerSection(**optimizer), ScheduleSection(), train)
+    return Trainer(model, *sections, tasks=tasks, total_steps=1)
 
 
 def grads(model) -> dict[str, torch.Tensor]:
@@ -194,9 +197,11 @@ def test_accumulation_equals_the_large_batch(tiny_setup):
 def test_window_of_two_tasks_sums_weighted_task_losses(tiny_setup):
     backbone, data = tiny_setup
     a, b = batches(backbone, data, "sst", 4)[0], batches(backbone, data, "sts", 4)[0]
+    from palbert.tasks import build_task
+
     model, tasks = tiny_model(backbone)
-    weights = {"sst": 1.0, "sts": 0.25}
-    tr = make_trainer(model, tasks, weights=weights)
+    tasks["sts"] = build_task({"name": "sts", "loss_weight": 0.25})
+    tr = make_trainer(model, tasks)
     tr.backward([("sst", a), ("sts", b)])
     g_window = grads(model)
     tr.optimizer.zero_grad(set_to_none=True)
@@ -296,7 +301,7 @@ def test_bf16_autocast_step_on_cpu(tiny_setup):
 
 
 def test_fp16_is_refused_on_cpu():
-    from palbert.training.loop import resolve_precision
+    from palbert.inference import resolve_precision
 
     with pytest.raises(ValueError, match="CUDA"):
         resolve_precision("fp16", torch.device("cpu"))
@@ -308,7 +313,7 @@ def test_fp16_cuda_step_with_grad_scaler_and_overflow_skip(tiny_setup):
     backbone, data = tiny_setup
     model, tasks = tiny_model(backbone)
     model.cuda()
-    tr = make_trainer(model, tasks, precision="auto", device="cuda")
+    tr = make_trainer(model, tasks, precision="auto")  # on the model's device
     assert tr.precision == "fp16" and tr.scaler is not None
     b = batches(backbone, data, "sst", 4)[0]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -341,7 +346,7 @@ def test_pcgrad_step_keeps_task_only_grads(tiny_setup):
     backbone, data = tiny_setup
     a, b = batches(backbone, data, "sst", 4)[0], batches(backbone, data, "sts", 4)[0]
     model, tasks = tiny_model(backbone)
-    tr = make_trainer(model, tasks, use_pcgrad=True)
+    tr = make_trainer(model, tasks, pcgrad=True)
     tr.backward([("sst", a), ("sts", b)])
     g_pc = grads(model)
     tr.optimizer.zero_grad(set_to_none=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 
 from .test_train import tiny_setup, write_recipe  # noqa: F401 (tiny_setup is a fixture)
@@ -84,6 +86,17 @@ def test_two_processes_equal_one_process_with_double_batch(tiny_setup, tmp_path,
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     from safetensors.torch import load_file
+
+    # the logged losses are the whole batch's too, not one process's share of them
+    def losses(root: Path) -> list[dict[str, float]]:
+        (run,) = root.iterdir()
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+    la, lb = losses(tmp_path / "one" / "runs"), losses(tmp_path / "two" / "runs")
+    assert len(la) == len(lb) == 6
+    for x, y in zip(la, lb, strict=True):
+        assert x.keys() == y.keys() and all(y[t] == pytest.approx(x[t], rel=1e-4) for t in x)
 
     start = load_file(str(backbone / "model.safetensors"))
     for k, v in start.items():

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from palbert.files import atomic_write_text, atomic_write_with
+from palbert.files import atomic_write_with, fsync_dir
 
 FORMAT = 1
 
@@ -70,10 +70,15 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     old = final.parent / f".{final.name}.old"
     try:
         write(tmp)
+        for f in tmp.iterdir():  # the contents reach the disk before the rename does
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)  # a directory cannot be renamed over a non-empty one
         os.replace(tmp, final)
+        fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -194,24 +199,44 @@ def load_checkpoint(path: Path, model: nn.Module, trainer: Any) -> dict[str, Any
     found = checkpoint_dir(Path(path))
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path} (state.json missing)")
-    state = json.loads((found / "state.json").read_text())
-    if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {found} has format {state.get('format')}, expected {FORMAT}")
-    weights = load_file(str(found / "weights.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    state = _read(found / "state.json", lambda p: json.loads(Path(p).read_text("utf-8")))
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = state.get("format") if isinstance(state, dict) else None
+        raise ValueError(f"checkpoint {found} has format {got}, expected {FORMAT}")
+    weights = _read(found / "weights.safetensors", load_file)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes differ: the recipe changed a module or head
+        first = next((x.strip() for x in str(e).splitlines()[1:] if x.strip()), str(e))
+        raise ValueError(
+            f"checkpoint {found} does not fit the model the recipe builds ({first}); "
+            "was a module or head of the recipe changed?"
+        ) from None
     if unexpected:
         raise ValueError(f"checkpoint {found} has weights the model lacks: {unexpected[:5]}")
-    tensors = load_file(str(found / "state.safetensors"))
-    # Optimizer.load_state_dict moves the moments to each parameter's device itself
-    opt = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
-    _load_optimizer(trainer, opt, state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    if trainer.scaler is not None and state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
-    trainer.step_count = int(state["step_count"])
-    trainer.skipped_steps = int(state["skipped_steps"])
-    set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, state["rng"])
+    tensors = _read(found / "state.safetensors", load_file)
+    try:
+        # Optimizer.load_state_dict moves the moments to each parameter's device itself
+        opt = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        _load_optimizer(trainer, opt, state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        if trainer.scaler is not None and state.get("scaler"):
+            trainer.scaler.load_state_dict(state["scaler"])
+        trainer.step_count = int(state["step_count"])
+        trainer.skipped_steps = int(state["skipped_steps"])
+        set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, state["rng"])
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"checkpoint {found} is damaged: state.json lacks {e}") from None
     return state
+
+
+def _read(path: Path, read: Callable[[str], Any]) -> Any:
+    """``read(path)``, with a damaged or unreadable file reported in one line."""
+    try:
+        return read(str(path))
+    except (OSError, ValueError, SafetensorError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} is damaged or unreadable ({reason})") from None
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -234,7 +259,6 @@ def _jsonable(obj: Any) -> Any:
 
 __all__ = [
     "atomic_save_file",
-    "atomic_write_text",
     "checkpoint_dir",
     "load_checkpoint",
     "read_metadata",

@@ -13,10 +13,10 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from palbert.recipe import RecipeError, apply_overrides, load_recipe
+    from palbert.recipe import RecipeError, load_recipe
     from palbert.tasks import DataError
-    from palbert.training.checkpoint import atomic_write_text
-    from palbert.training.loop import NonFiniteLoss
+    from palbert.training.checkpoint import checkpoint_dir
+    from palbert.training.loop import NonFinite
     from palbert.training.run import train
 
     overrides, resume, no_progress = _split_rest(args.overrides, args.resume, args.no_progress)
@@ -26,33 +26,27 @@ def _train(args: argparse.Namespace) -> int:
         resume = True
     try:
         recipe = load_recipe(args.recipe, overrides)
-        if resume and overrides:
-            # a resumed run follows its own recipe.yaml; overrides apply on top of it
-            from palbert.training.run import find_resumable
-
-            run = Path(resume) if isinstance(resume, str) else find_resumable(recipe)
-            raw_path = run / "recipe.yaml"
-            import yaml
-
-            original = raw_path.read_text()
-            raw = yaml.safe_load(original)
-            apply_overrides(raw, overrides)
-            atomic_write_text(raw_path, yaml.safe_dump(raw, sort_keys=False))
-            resume = run
-            try:
-                run_dir = train(recipe, resume=resume, progress=not no_progress)
-            except (RecipeError, DataError, ValueError):
-                # the resume was refused: the run keeps the recipe its weights were trained with
-                atomic_write_text(raw_path, original)
-                raise
-        else:
-            run_dir = train(recipe, resume=resume, progress=not no_progress)
+        # a resumed run follows its own recipe.yaml; the overrides apply on top of it
+        run_dir = train(
+            recipe,
+            resume=resume,
+            overrides=overrides if resume else None,
+            progress=not no_progress,
+        )
     except (RecipeError, DataError, ValueError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as e:
+    except NonFinite as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        run = getattr(e, "run_dir", None)
+        if run is not None and checkpoint_dir(Path(run) / "last"):
+            how = f"continue with: palbert train {args.recipe} --resume {run}"
+        else:
+            how = "no checkpoint was written yet"
+        print(f"\npalbert: interrupted; {how}", file=sys.stderr)
+        return 130
     print(run_dir)
     return 0
 

@@ -2,11 +2,11 @@
 
 ::
 
-    trainer = Trainer(model, losses={"sst": sst_task.loss}, weights={"sst": 1.0},
-                      optimizer_cfg=recipe.optimizer, schedule_cfg=recipe.schedule,
-                      total_steps=1000, precision="fp32", device=torch.device("cpu"))
+    trainer = Trainer(model, recipe.optimizer, recipe.schedule, recipe.train,
+                      tasks={"sst": sst_task}, total_steps=1000)
     result = trainer.step([("sst", batch1), ("sst", batch2)])   # one optimizer step
-    scores = evaluate(model, tasks, dev_loaders, device)
+
+Dev evaluation is :func:`palbert.inference.evaluate`, the path eval and predict take too.
 
 **One optimizer step** takes a window of micro-batches (``grad_accum`` sampler draws, each
 from one task). Each task's loss in the window is the mean over *all* of its rows in the
@@ -18,6 +18,11 @@ True)``), and torch's AdamW skips such parameters entirely: no weight decay and 
 update, so a task that was not sampled does not drift. Frozen parameters are not in the
 optimizer at all, so they hold no gradient and no optimizer state.
 
+**NaN and infinity stop training** before they reach a file: a non-finite loss
+(:class:`NonFiniteLoss`) or gradient norm (:class:`NonFiniteGradient`; under fp16 the scaler
+skips such a step instead) stops the step, and :meth:`Trainer.check_weights` runs before
+every evaluation and checkpoint. The run's last good checkpoint stays.
+
 **More than one process.** The model is not wrapped in DistributedDataParallel: after the
 backward passes of a window the gradients are summed across processes with one
 ``all_reduce`` (per task when PCGrad is on, before the surgery). This keeps PCGrad exact,
@@ -27,54 +32,55 @@ reduction per optimizer step instead of one per micro-batch.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from palbert.inference import autocast, resolve_precision
 from palbert.training.pcgrad import pcgrad
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+if TYPE_CHECKING:
+    from palbert.recipe import OptimizerSection, ScheduleSection, TrainSection
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss was NaN or infinite; training stops and the last good checkpoint is kept."""
+class NonFinite(RuntimeError):
+    """Training produced a NaN or an infinity; the run stops before anything non-finite is
+    saved, and its last good checkpoint is kept. ``at_step``: the optimizer step (1-based)."""
 
-    def __init__(self, task: str, step: int, value: float) -> None:
+    def __init__(self, what: str, at_step: int) -> None:
         super().__init__(
-            f"loss of task {task!r} is {value} at optimizer step {step + 1}; stopping. "
+            f"{what} at optimizer step {at_step}; stopping. "
             "Lower the learning rate, check the data, or try precision=fp32."
         )
+        self.at_step = at_step
+
+
+class NonFiniteLoss(NonFinite):
+    """A loss was NaN or infinite."""
+
+    def __init__(self, task: str, step: int, value: float) -> None:
+        super().__init__(f"loss of task {task!r} is {value}", step + 1)
         self.task, self.step, self.value = task, step, value
 
 
-# -- precision ----------------------------------------------------------------------------
+class NonFiniteGradient(NonFinite):
+    """The gradient norm of a step was NaN or infinite (outside fp16, whose scaler skips
+    such steps); the step is not applied."""
+
+    def __init__(self, step: int, norm: float) -> None:
+        super().__init__(f"the gradient norm is {norm}", step + 1)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """auto -> fp16 on CUDA, fp32 elsewhere; fp16 off CUDA and bf16 where unsupported fail."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {name!r}")
-    if name == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU does not support bf16; use precision fp16")
-    return name
+class NonFiniteWeights(NonFinite):
+    """A trainable weight became NaN or infinite."""
 
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of a precision (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.amp.autocast(device.type, dtype=dtype)
+    def __init__(self, step: int, name: str) -> None:
+        super().__init__(f"weight {name} is not finite after the update", step)
 
 
 # -- optimizer and schedule ---------------------------------------------------------------
@@ -224,57 +230,55 @@ class StepResult:
 class Trainer:
     """Owns the optimizer, schedule and scaler of one model and performs optimizer steps.
 
-    ``losses`` maps each task to its loss function ``(outputs, labels) -> mean loss``;
-    ``weights`` to its loss weight.
+    The recipe's sections say how: ``optimizer`` (AdamW and the learning rate of each part),
+    ``schedule`` (warmup and decay over ``total_steps``) and ``train`` (precision, clipping,
+    PCGrad, seed). The trainer works where the model's parameters are, so move the model
+    first. ``tasks`` maps each task to an object with ``loss(outputs, labels)`` and
+    ``spec.loss_weight`` (a :class:`palbert.tasks.Task`). ``mixed``: each step's
+    micro-batches go through the model as one batch with ``task_ids`` (``sampler.mixed``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        losses: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
-        weights: dict[str, float] | None = None,
+        optimizer: OptimizerSection,
+        schedule: ScheduleSection,
+        train: TrainSection,
         *,
-        lr: float = 2e-5,
-        task_lr: float | None = 1e-3,
-        head_lr: float | None = None,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        warmup_steps: int = 0,
-        total_steps: int = 1,
-        decay: str = "linear",
-        grad_clip: float | None = 1.0,
-        use_pcgrad: bool = False,
+        tasks: Mapping[str, Any],
+        total_steps: int,
         mixed: bool = False,
-        precision: str = "fp32",
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        pad_id: int = 0,
     ) -> None:
         self.model = model
-        self.losses = losses
-        self.weights = {t: 1.0 for t in losses} | dict(weights or {})
-        self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.grad_clip = grad_clip
-        self.use_pcgrad = use_pcgrad
+        self.losses = {t: task.loss for t, task in tasks.items()}
+        self.weights = {t: float(task.spec.loss_weight) for t, task in tasks.items()}
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(train.precision, self.device)
+        self.grad_clip = train.grad_clip
+        self.use_pcgrad = train.pcgrad
         self.mixed = mixed
-        self.seed = seed
-        self.pad_id = pad_id
-        self.groups = param_groups(model, lr, task_lr, weight_decay, head_lr)
+        self.seed = train.seed
+        self.pad_id = _pad_id(model)
+        o = optimizer
+        self.groups = param_groups(model, o.lr, o.task_lr, o.weight_decay, o.head_lr)
         if not self.groups:
             raise ValueError("the model has no trainable parameters")
         self.params = [p for g in self.groups for p in g["params"]]
         self.param_names = [n for g in self.groups for n in g["names"]]
         self.optimizer = torch.optim.AdamW(
             self.groups,
-            lr=lr,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
             foreach=False,  # the plain loop: bit-identical on resume, same on every device
         )
-        self.warmup, self.total, self.decay = warmup_steps, total_steps, decay
+        self.total, self.decay = total_steps, schedule.decay
+        self.warmup = (
+            schedule.warmup_steps
+            if schedule.warmup_steps is not None
+            else int(schedule.warmup_ratio * total_steps)
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.warmup, self.total, self.decay)
         )
@@ -291,7 +295,8 @@ class Trainer:
 
     def backward(self, window: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
         """Gradients of the window's weighted loss in ``p.grad`` (summed over processes),
-        without stepping. Returns each task's mean loss on this process."""
+        without stepping. Returns each task's mean loss over the window's rows on all
+        processes."""
         self.model.train()
         window = [(t, to_device(b, self.device)) for t, b in window]
         order = list(dict.fromkeys(t for t, _ in window))  # tasks in first-seen order
@@ -313,8 +318,9 @@ class Trainer:
             for i, t in enumerate(order):
                 loss = task_losses[t]
                 self._check(t, loss)
-                self._losses[t] = float(loss.detach())
-                scaled = loss * (self.weights[t] * local[t] / counts[t])
+                share = local[t] / counts[t]
+                self._losses[t] = float(loss.detach()) * share
+                scaled = loss * (self.weights[t] * share)
                 if surgery:  # one backward per task through the shared graph
                     self._backward(scaled, retain=i < len(order) - 1)
                     snapshots.append(self._take_grads())
@@ -339,6 +345,7 @@ class Trainer:
 
         if self.world > 1:
             self._stop_if_any_process_failed()
+            self._losses = self._summed_over_processes(self._losses, order)
         if surgery:
             if self.world > 1:
                 for snap in snapshots:
@@ -357,9 +364,14 @@ class Trainer:
         skipped = False
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        grads = [p for p in self.params if p.grad is not None]
         if self.grad_clip:
-            grads = [p for p in self.params if p.grad is not None]
             norm = float(torch.nn.utils.clip_grad_norm_(grads, self.grad_clip, foreach=False))
+        else:
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in grads], foreach=False))
+        if self.scaler is None and not math.isfinite(norm):  # the scaler skips such steps
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteGradient(self.step_count, norm)
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
@@ -372,6 +384,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         return StepResult(dict(self._losses), self._examples, lr, skipped, norm)
+
+    def check_weights(self) -> None:
+        """Raise :class:`NonFiniteWeights` if a trainable weight is NaN or infinite (the same
+        on every process, since all hold the same weights)."""
+        bad = torch.stack([~torch.isfinite(p).all() for p in self.params]).nonzero()
+        if len(bad):
+            raise NonFiniteWeights(self.step_count, self.param_names[int(bad[0])])
 
     # -- helpers -----------------------------------------------------------------------
     def _check(self, task: str, loss: torch.Tensor) -> None:
@@ -390,6 +409,13 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             task, value = self._bad or ("(on another process)", float("nan"))
             raise NonFiniteLoss(task, self.step_count, value)
+
+    def _summed_over_processes(self, losses: dict[str, float], order: list[str]):
+        """Each process holds its rows' share of a task's mean loss; their sum is the mean
+        over all rows (what one process with the whole batch would log)."""
+        vals = torch.tensor([losses[t] for t in order], dtype=torch.float64, device=self.device)
+        dist.all_reduce(vals)
+        return dict(zip(order, vals.tolist(), strict=True))
 
     def _backward(self, loss: torch.Tensor, retain: bool = False) -> None:
         if self.scaler is not None:
@@ -464,40 +490,14 @@ class Trainer:
         return grads
 
 
-# -- evaluation ---------------------------------------------------------------------------
+def _pad_id(model: nn.Module) -> int:
+    """The encoder's padding id, for merging micro-batches of different widths (the padded
+    positions are masked, so this keeps the merged batch equal to its parts)."""
+    config = getattr(getattr(model, "backbone_info", None), "config", None)
+    return int(getattr(config, "pad_token_id", None) or 0)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    tasks: dict[str, Any],
-    loaders: dict[str, Any],
-    device: torch.device,
-    precision: str = "fp32",
-) -> dict[str, dict[str, float]]:
-    """Each task's metrics over a whole split (predictions gathered, then scored once)."""
-    was_training = model.training
-    model.eval()
-    scores = {}
-    try:
-        for name, loader in loaders.items():
-            task = tasks[name]
-            preds, labels = [], []
-            for batch in _iter(loader):
-                batch = to_device(batch, device)
-                with autocast(precision, device):
-                    out = model(batch, task=name)
-                p = task.predict(out.float())
-                preds.append((p["label"] if "label" in p else p["score"]).cpu())
-                labels.append(batch["labels"].cpu())
-            scores[name] = task.evaluate(torch.cat(preds), torch.cat(labels))
-    finally:
-        model.train(was_training)
-    return scores
-
-
-def _iter(loader: Any) -> Iterator[dict[str, Any]]:
-    yield from loader
+# -- model selection ------------------------------------------------------------------------
 
 
 def selection_score(
@@ -519,15 +519,15 @@ def selection_score(
 
 
 __all__ = [
+    "NonFinite",
+    "NonFiniteGradient",
     "NonFiniteLoss",
+    "NonFiniteWeights",
     "StepResult",
     "TaskStream",
     "Trainer",
-    "autocast",
-    "evaluate",
     "lr_factor",
     "merge_batches",
     "param_groups",
-    "resolve_precision",
     "selection_score",
 ]

@@ -10,22 +10,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from palbert.files import atomic_write_with
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a palbert run folder?")
     records = []
-    lines = path.read_text().splitlines()
+    lines = path.read_bytes().splitlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if i == len(lines):  # a run killed while writing its last record
                 break
-            raise ValueError(f"{path}:{i}: not a JSON record ({e.msg})") from None
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+            raise ValueError(f"{path}:{i}: not a JSON record ({why})") from None
+        if not isinstance(record, dict) or "type" not in record:
+            raise ValueError(f"{path}:{i}: not a palbert metrics record")
+        records.append(record)
     return records
 
 
@@ -58,6 +64,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(Path(run_dir).name)
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "metrics.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:  # format named: the temporary file's suffix is not .png
+        atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out

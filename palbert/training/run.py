@@ -17,9 +17,17 @@ The run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/``::
     summary.json       final and best dev scores per task, steps, time
     tb/                TensorBoard event files
     COMPLETE           empty, written last when the run finished
+    lock               the process id of the process training the run (locked while it does)
 
-The folder is made only once the backbone, the tokenizer and every task's data have loaded,
-so a run that cannot start leaves nothing behind.
+best.safetensors' metadata and last/state.json record the position of the progressive PAL
+schedule (``progress_step``, ``progress_epoch``: the step and epoch the saved weights last
+trained under); :func:`load_run` restores it with ``model.set_progress``.
+
+:func:`train` reads in three parts: :func:`prepare` builds and checks everything (device and
+precision, task specs and data, sampler against the tasks, backbone, tokenizer against the
+encoder's vocabulary, tokenized batches); only then is the run folder made (or, on resume,
+the checkpoint loaded, before anything in the folder changes); then :func:`_loop` trains,
+carrying a :class:`RunState`. A run that cannot start leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -27,17 +35,20 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from palbert.backbones import load_tokenizer
+from palbert.files import TMP_SUFFIX, atomic_write_text
+from palbert.inference import evaluate, resolve_precision
 from palbert.model import PalBert
 from palbert.recipe import (
     Recipe,
@@ -48,22 +59,14 @@ from palbert.recipe import (
 )
 from palbert.training.checkpoint import (
     atomic_save_file,
-    atomic_write_text,
     checkpoint_dir,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
     saved_weights,
 )
-from palbert.training.loop import (
-    NonFiniteLoss,
-    TaskStream,
-    Trainer,
-    evaluate,
-    resolve_precision,
-    selection_score,
-)
-from palbert.training.samplers import TaskSampler, expected_epochs
+from palbert.training.loop import NonFinite, TaskStream, Trainer, selection_score
+from palbert.training.samplers import TaskSampler, draws_per_epoch, expected_epochs
 
 
 class TrainingInterrupted(RuntimeError):
@@ -80,13 +83,21 @@ def init_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    if device_pref not in ("auto", "cuda", "cpu"):
+    if device_pref == "auto":
+        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
         device = torch.device(device_pref)
-    elif cuda:
+    except RuntimeError:
+        raise RecipeError(
+            f"train.device {device_pref!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(
+            f"train.device {device_pref!r}: no CUDA device is available here; "
+            "use train.device=auto or cpu"
+        )
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -111,16 +122,18 @@ def build_tasks(recipe: Recipe, data_dir: Path | None) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe, tasks: dict[str, Any], model: PalBert | None = None) -> PalBert:
-    """Backbone from the recipe (unless given), each task's module and head (heads drawn
-    from the recipe's seed)."""
+    """Backbone from the recipe (unless given), each task's module, head (drawn from the
+    recipe's seed) and resolved spec: labels, and the max_length that training, evaluation
+    and export all use (the task's own, else ``train.max_length``)."""
     if model is None:
         model = PalBert.from_pretrained(
             recipe.backbone.name, impl=recipe.backbone.impl, module=recipe.module
         )
     torch.manual_seed(recipe.train.seed)
     for entry in recipe.tasks:
-        head = tasks[entry.name].build_head(model.hidden_size)
-        spec = tasks[entry.name].resolved_spec(recipe.train.max_length)
+        task = tasks[entry.name]
+        head = task.build_head(model.hidden_size)
+        spec = task.resolved_spec(recipe.train.max_length)
         model.add_task(entry.name, head, module=entry.module, spec=spec)
     model.set_train_mode(recipe.train.mode)
     return model
@@ -159,6 +172,43 @@ def _new_run_dir(recipe: Recipe) -> Path:
             path = root / f"{recipe.name}-{stamp}-{n}"
 
 
+def _hold(run_dir: Path) -> IO[str] | None:
+    """Lock the run folder for this process (an advisory ``flock`` on ``run_dir/lock``, let go
+    when the process ends, even by ``kill -9``), so that a second writer is refused with the
+    process id of the first. None where the system has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fh = open(run_dir / "lock", "a+", encoding="utf-8")  # noqa: SIM115 (held until the end)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RecipeError(
+            f"{run_dir} is being trained by process {holder}; wait for it or stop it first"
+        ) from None
+    # the lock file itself, not a renamed copy, so written in place: it holds only the pid
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove the temporary files and folders that a killed run left behind (the swap's
+    ``.last.tmp-*``, the atomic writes' ``.*.tmp``); ``.last.old`` stays, it may be the last
+    good checkpoint."""
+    for path in run_dir.glob(".*"):
+        if path.is_dir() and path.name.startswith(".last.tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(TMP_SUFFIX):
+            path.unlink(missing_ok=True)
+
+
 def find_resumable(recipe: Recipe) -> Path:
     """The newest unfinished run of this recipe's name that has a checkpoint."""
     root = Path(recipe.output_dir)
@@ -183,9 +233,9 @@ class RunLog:
         path = run_dir / "metrics.jsonl"
         if resume_step is not None and path.exists():
             # drop what was logged after the checkpoint we resume from
-            keep = [
+            keep = [  # damaged lines go too (undecodable bytes make them invalid JSON)
                 line
-                for line in path.read_text().splitlines()
+                for line in path.read_text("utf-8", errors="replace").splitlines()
                 if _record(line) is not None and _record(line).get("step", 0) <= resume_step
             ]
             atomic_write_text(path, "".join(x + "\n" for x in keep))
@@ -200,7 +250,7 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_json_safe(record)) + "\n")
         if self.writer is None:
             return
@@ -225,54 +275,215 @@ class RunLog:
 # -- the run ------------------------------------------------------------------------------
 
 
+@dataclass
+class RunState:
+    """Where a run stands: what it carries from step to step and, through last/state.json,
+    across a resume."""
+
+    best: dict[str, Any] | None = None  # {"step", "score", "scores"} of the best evaluation
+    final: dict[str, Any] | None = None  # the latest evaluation
+    elapsed: float = 0.0  # seconds spent by earlier sessions
+    examples: int = 0  # training examples seen
+    progress: tuple[int, int] = (0, 0)  # (step, epoch) the progressive schedule trained under
+    resumed_at: int | None = None  # the step this session resumed from
+
+    def saved(self, session_seconds: float) -> dict[str, Any]:
+        """The JSON a checkpoint keeps (see :meth:`restored`)."""
+        return {
+            "best": self.best,
+            "final": self.final,
+            "elapsed": self.elapsed + session_seconds,
+            "examples": self.examples,
+            **progress_record(self.progress),
+        }
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any], step: int) -> RunState:
+        return cls(
+            best=saved["best"],
+            final=saved.get("final"),  # absent in checkpoints of older versions
+            elapsed=saved["elapsed"],
+            examples=saved["examples"],
+            progress=recorded_progress(saved) or (0, 0),
+            resumed_at=step,
+        )
+
+
+@dataclass
+class Run:
+    """A run's parts, built and checked by :func:`prepare` before anything is written."""
+
+    recipe: Recipe
+    model: PalBert
+    tasks: dict[str, Any]
+    trainer: Trainer
+    sampler: TaskSampler
+    streams: dict[str, TaskStream]
+    dev: dict[str, Any]  # dev batches by task
+    data_dir: Path
+    world: int = 1
+    main: bool = True  # rank 0: the process that writes the files
+    state: RunState = field(default_factory=RunState)
+    dir: Path | None = None
+    log: RunLog | None = None
+
+
 def train(
     recipe: Recipe,
     resume: str | Path | bool | None = None,
     *,
+    overrides: list[str] | None = None,
     progress: bool = True,
     stop_at_step: int | None = None,
 ) -> Path:
     """Train a recipe; return its run folder.
 
     ``resume``: a run folder, or True for the newest unfinished run of this recipe. The
-    resumed run uses the folder's recipe.yaml (with this recipe's command-line overrides
-    already applied by the caller when given through :func:`palbert.training.cli`).
+    resumed run follows the folder's recipe.yaml with ``overrides`` (``key.sub=value``)
+    applied on top; recipe.yaml is rewritten only once the checkpoint has loaded, so a
+    refused resume leaves the folder as it was.
     ``stop_at_step``: stop as if killed right after step k's checkpoint (for tests).
     """
     rank, world, device = init_distributed(recipe.train.device)
-    main = rank == 0
-    run_dir: Path | None = None
-    if resume:
-        run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
-        if not checkpoint_dir(run_dir / "last"):
-            raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
-        recipe = load_recipe(run_dir / "recipe.yaml")
-    t = recipe.train
-    precision = resolve_precision(t.precision, device)
-    seed_everything(t.seed)
+    run_dir = _to_resume(recipe, resume)
+    if run_dir is not None:
+        recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+    seed_everything(recipe.train.seed)
 
-    # Everything that can fail on the user's setup happens before the run folder exists:
-    # the task specs and data folder (cheap checks, nothing read yet), then the backbone,
-    # whose unreachable-hub message (palbert.backbones.BackboneError) says what to do.
+    # Every check before anything is written: a run that cannot start leaves nothing behind.
+    run = prepare(recipe, device, rank, world)
+    resuming = run_dir is not None
+    if resuming:
+        restore(run, run_dir)
+    elif run.main:
+        run_dir = _new_run_dir(recipe)
+    lock = _hold(run_dir) if run.main else None
+    try:
+        if run.main and resuming:
+            clean_leftovers(run_dir)
+        if run.main and (overrides or not resuming):
+            text = dump_recipe(resolved(recipe, run.tasks, run.data_dir))
+            atomic_write_text(run_dir / "recipe.yaml", text)
+        run.dir = _same_on_every_process(run_dir, world)
+        run.log = RunLog(run.dir if run.main else None, run.state.resumed_at)
+        if run.main:
+            _announce(run, device)
+        _loop(run, progress, stop_at_step)
+    except NonFinite as err:
+        run.log.write({"type": "error", "step": err.at_step, "message": str(err)})
+        err.args = (f"{err.args[0]} The last good checkpoint is {run.dir / 'last'}.",)
+        raise
+    except KeyboardInterrupt as err:  # the command line says how to continue
+        err.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
+    finally:
+        if run.log is not None:
+            run.log.close()
+        if lock is not None:
+            lock.close()  # releases the lock
+    if world > 1:
+        dist.barrier()
+    return run.dir
+
+
+def _to_resume(recipe: Recipe, resume: str | Path | bool | None) -> Path | None:
+    """The run folder that ``resume`` names, if it can be resumed (None: a new run)."""
+    if not resume:
+        return None
+    run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
+    if not checkpoint_dir(run_dir / "last"):
+        raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
+    if (run_dir / "COMPLETE").exists():
+        raise RecipeError(f"{run_dir} is complete (it has COMPLETE); there is nothing to resume")
+    return run_dir
+
+
+def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1) -> Run:
+    """Build a run and check everything that can fail on the user's setup, writing nothing:
+    precision on this device, the task specs and data folder, the sampler against the tasks,
+    the backbone (whose unreachable-hub message says what to do), the tokenizer against the
+    encoder's vocabulary, max_length against its positions, and every task's data (read
+    and tokenized)."""
+    t = recipe.train
+    resolve_precision(t.precision, device)
     data_dir = resolve_data_dir(recipe)
     tasks = build_tasks(recipe, data_dir)
-    backbone = PalBert.from_pretrained(
-        recipe.backbone.name, impl=recipe.backbone.impl, module=recipe.module
+    check_sampler(recipe, tasks)
+    model = build_model(recipe, tasks)
+    tokenizer = model.tokenizer  # checked against the encoder's vocabulary
+    check_lengths(model, tokenizer)
+    train_batches, dev = _batches(recipe, model, tasks, tokenizer, rank, world)
+    model.gradient_checkpointing(t.gradient_checkpointing)
+    model.to(device)
+    if world > 1:  # every process starts from rank 0's weights
+        for p in model.parameters():
+            dist.broadcast(p.data, 0)
+    sizes = [_global_batches(train_batches[n], world) for n in model.tasks]
+    sampler, total = _sampler(recipe, sizes)
+    trainer = Trainer(
+        model,
+        recipe.optimizer,
+        recipe.schedule,
+        t,
+        tasks=tasks,
+        total_steps=total,
+        mixed=recipe.sampler.mixed,
     )
-    model = build_model(recipe, tasks, backbone)
-    tokenizer = load_tokenizer(model.backbone_info)
-    entries = {e.name: e for e in recipe.tasks}
-    train_loaders, dev_loaders = {}, {}
-    for name, task in tasks.items():
-        e = entries[name]
-        max_len = task.spec.max_length or t.max_length
-        train_loaders[name] = task.batches(
+    streams = {n: TaskStream(train_batches[n]) for n in model.tasks}
+    return Run(recipe, model, tasks, trainer, sampler, streams, dev, data_dir, world, rank == 0)
+
+
+def check_sampler(recipe: Recipe, tasks: dict[str, Any]) -> None:
+    """Refuse a ``sampler:`` section that the tasks cannot train with, or that would do
+    nothing: mixed batches merge the tasks of one optimizer step into one forward pass."""
+    s, where = recipe.sampler, Path(recipe.source).name if recipe.source else "recipe"
+    if not s.mixed:
+        return
+    if s.per == "step" or recipe.train.grad_accum < 2:
+        raise RecipeError(
+            f"{where}: sampler.mixed merges the micro-batches of different tasks in one "
+            "optimizer step, but with sampler.per: step or train.grad_accum 1 every step has "
+            "one task; set sampler.per: micro_batch and train.grad_accum >= 2, or mixed: false"
+        )
+    bi = [name for name, task in tasks.items() if task.encoding == "bi"]
+    if bi:
+        raise RecipeError(
+            f"{where}: sampler.mixed cannot put task {bi[0]!r} in a mixed batch: it encodes "
+            "its two sentences apart (encoding: bi); set sampler.mixed: false"
+        )
+
+
+def check_lengths(model: PalBert, tokenizer: Any) -> None:
+    """Refuse a task whose max_length (capped by the tokenizer's, as tokenizing does) is
+    longer than the encoder's position embeddings: its long rows would fail mid-run."""
+    positions = getattr(model.backbone_info.config, "max_position_embeddings", None)
+    cap = getattr(tokenizer, "model_max_length", None)
+    for name, spec in model.specs.items():
+        n = spec.max_length
+        if isinstance(cap, int) and 0 < cap < n:
+            n = cap
+        if positions and n > positions:
+            raise RecipeError(
+                f"task {name!r}: max_length {n} is longer than the encoder's {positions} "
+                f"positions; set train.max_length (or the task's max_length) to at most "
+                f"{positions}"
+            )
+
+
+def _batches(recipe, model, tasks, tokenizer, rank, world):
+    """Each task's training batches (this process's share) and dev batches, tokenized at the
+    max_length of the model's spec, the length evaluation and export use too."""
+    t = recipe.train
+    train_batches, dev = {}, {}
+    for e in recipe.tasks:
+        task, max_length = tasks[e.name], model.specs[e.name].max_length
+        train_batches[e.name] = task.batches(
             "train",
             tokenizer,
             batch_size=task.spec.batch_size or t.batch_size,
             shuffle=True,
             seed=t.seed,
-            max_length=max_len,
+            max_length=max_length,
             group_by_length=t.group_by_length,
             rank=rank,
             world_size=world,
@@ -280,127 +491,54 @@ def train(
             on_error=e.on_error,
         )
         if recipe.eval.split in task.splits():
-            dev_loaders[name] = task.batches(
+            dev[e.name] = task.batches(
                 recipe.eval.split,
                 tokenizer,
                 batch_size=t.eval_batch_size,
-                max_length=max_len,
+                max_length=max_length,
                 on_error=e.on_error,
             )
-    model.gradient_checkpointing(t.gradient_checkpointing)
-    model.to(device)
-    if world > 1:  # every process starts from rank 0's weights
-        for p in model.parameters():
-            dist.broadcast(p.data, 0)
+    return train_batches, dev
 
-    names = list(model.tasks)
-    sizes = [_global_batches(train_loaders[n], world) for n in names]
-    s = recipe.sampler
-    probe = TaskSampler(
-        s.kind,
-        sizes,
-        t.seed,
-        1,
-        s.alpha,
-        s.temperature,
-        s.epoch,
-        s.steps_per_epoch,
-        t.grad_accum,
-        s.per,
-    )
+
+def _sampler(recipe: Recipe, sizes: list[int]) -> tuple[TaskSampler, int]:
+    """The run's one sampler and its length in optimizer steps (``max_steps``, else
+    ``epochs`` epochs of the sampler's epoch policy)."""
+    s, t = recipe.sampler, recipe.train
+    steps_per_epoch = draws_per_epoch(sizes, s.epoch, s.steps_per_epoch, t.grad_accum)
+    steps_per_epoch //= t.grad_accum
     if t.max_steps is not None:
         total = t.max_steps
-        epochs = expected_epochs(total, probe.steps_per_epoch)
+        epochs = expected_epochs(total, steps_per_epoch)
     else:
         epochs = t.epochs or 1
-        total = epochs * probe.steps_per_epoch
-    sampler = TaskSampler(
-        s.kind,
-        sizes,
-        t.seed,
-        epochs,
-        s.alpha,
-        s.temperature,
-        s.epoch,
-        s.steps_per_epoch,
-        t.grad_accum,
-        s.per,
-    )
-    o, sch = recipe.optimizer, recipe.schedule
-    warmup = sch.warmup_steps if sch.warmup_steps is not None else int(sch.warmup_ratio * total)
-    trainer = Trainer(
-        model,
-        losses={n: tasks[n].loss for n in names},
-        weights={n: tasks[n].spec.loss_weight for n in names},
-        lr=o.lr,
-        task_lr=o.task_lr,
-        head_lr=o.head_lr,
-        weight_decay=o.weight_decay,
-        betas=o.betas,
-        eps=o.eps,
-        warmup_steps=warmup,
-        total_steps=total,
-        decay=sch.decay,
-        grad_clip=t.grad_clip,
-        use_pcgrad=t.pcgrad,
-        mixed=s.mixed,
-        precision=precision,
-        device=device,
-        seed=t.seed,
-        pad_id=int(tokenizer.pad_token_id or 0),
-    )
-    streams = {n: TaskStream(train_loaders[n]) for n in names}
+        total = epochs * steps_per_epoch
+    sampler = TaskSampler(s, sizes, seed=t.seed, epochs=epochs, grad_accum=t.grad_accum)
+    return sampler, total
 
-    # The run folder.
-    state: dict[str, Any] = {"best": None, "elapsed": 0.0, "examples": 0}
-    resume_step = None
-    if run_dir is not None:
-        saved = load_checkpoint(run_dir / "last", model, trainer)
-        sampler.load_state_dict(saved["sampler"])
-        for n in names:
-            streams[n].load_state_dict(saved["streams"][n])
-        state.update({k: saved[k] for k in ("best", "elapsed", "examples")})
-        resume_step = trainer.step_count
-    elif main:
-        run_dir = _new_run_dir(recipe)
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(resolved(recipe, tasks, data_dir)))
+
+def restore(run: Run, run_dir: Path) -> None:
+    """Continue ``run`` from the last checkpoint in ``run_dir``. A checkpoint that does not
+    fit (another model, sampler or data) is refused before anything in the folder changes."""
+    saved = load_checkpoint(run_dir / "last", run.model, run.trainer)
+    if not 0 < run.trainer.step_count <= run.trainer.total:
+        raise ValueError(
+            f"the checkpoint in {run_dir} is at step {run.trainer.step_count}, outside the "
+            f"run's {run.trainer.total} steps"
+        )
+    run.sampler.load_state_dict(saved["sampler"])
+    for name, stream in run.streams.items():
+        stream.load_state_dict(saved["streams"][name])
+    run.state = RunState.restored(saved, run.trainer.step_count)
+
+
+def _same_on_every_process(run_dir: Path | None, world: int) -> Path:
+    """Rank 0's run folder, on every process."""
     if world > 1:
-        box = [str(run_dir) if main else None]
+        box = [str(run_dir) if run_dir is not None else None]
         dist.broadcast_object_list(box, 0)
         run_dir = Path(box[0])
-    log = RunLog(run_dir if main else None, resume_step)
-    if main:
-        _announce(recipe, model, run_dir, names, sizes, sampler, total, precision, device, world)
-
-    try:
-        _loop(
-            recipe,
-            model,
-            tasks,
-            trainer,
-            sampler,
-            streams,
-            dev_loaders,
-            names,
-            total,
-            run_dir,
-            log,
-            state,
-            precision,
-            device,
-            main,
-            progress,
-            stop_at_step,
-        )
-    except NonFiniteLoss as err:
-        log.write({"type": "error", "step": trainer.step_count + 1, "message": str(err)})
-        last = run_dir / "last"
-        err.args = (f"{err.args[0]} The last good checkpoint is {last}.",)
-        raise
-    finally:
-        log.close()
-    if world > 1:
-        dist.barrier()
+    assert run_dir is not None
     return run_dir
 
 
@@ -423,169 +561,221 @@ def _global_batches(loader: Any, world: int) -> int:
     return len(loader)
 
 
-def _announce(recipe, model, run_dir, names, sizes, sampler, total, precision, device, world):
+def _announce(run: Run, device: torch.device) -> None:
+    recipe, model, sampler = run.recipe, run.model, run.sampler
     rep = model.parameter_report()
+    sizes = zip(model.tasks, sampler.sizes, strict=True)
     print(
-        f"palbert: run {run_dir}\n"
+        f"palbert: run {run.dir}\n"
         f"  backbone {recipe.backbone.name} ({recipe.backbone.impl}), module "
         f"{recipe.module.kind}, mode {recipe.train.mode}: {rep['trainable']:,} trainable of "
         f"{rep['total']:,} parameters\n"
-        f"  tasks {', '.join(f'{n} ({s} batches)' for n, s in zip(names, sizes, strict=True))}\n"
+        f"  tasks {', '.join(f'{n} ({s} batches)' for n, s in sizes)}\n"
         f"  sampler {recipe.sampler.kind}, epoch = {sampler.steps_per_epoch} steps "
-        f"({recipe.sampler.epoch}), {total} steps in all; {precision} on {device}"
-        + (f", {world} processes" if world > 1 else ""),
+        f"({recipe.sampler.epoch}), {run.trainer.total} steps in all; "
+        f"{run.trainer.precision} on {device}"
+        + (f", {run.world} processes" if run.world > 1 else ""),
         file=sys.stderr,
         flush=True,
     )
 
 
-def _loop(
-    recipe,
-    model,
-    tasks,
-    trainer,
-    sampler,
-    streams,
-    dev_loaders,
-    names,
-    total,
-    run_dir,
-    log,
-    state,
-    precision,
-    device,
-    main,
-    progress,
-    stop_at_step,
-):
+# -- the loop -----------------------------------------------------------------------------
+
+
+def _loop(run: Run, progress: bool, stop_at_step: int | None) -> None:
+    """Optimizer steps until the run's length, logging, evaluating and checkpointing."""
     from tqdm import tqdm
 
-    t = recipe.train
-    every = recipe.eval.every
-    save_every = t.save_every
+    recipe, model, trainer = run.recipe, run.model, run.trainer
+    sampler, state = run.sampler, run.state
+    t, total, names = recipe.train, trainer.total, model.tasks
     bar = tqdm(
         total=total,
         initial=trainer.step_count,
-        disable=not (main and progress),
+        disable=not (run.main and progress),
         mininterval=1.0 if sys.stderr.isatty() else 10.0,
         dynamic_ncols=True,
         file=sys.stderr,
     )
-    interval: dict[str, list[float]] = {}
-    interval_examples, interval_start = 0, time.perf_counter()
-    session_start = time.perf_counter()
-    elapsed0 = state["elapsed"]
-    last_scores = None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    meter = _Meter()
+    session_start = _clock()
+    if trainer.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.device)
 
     while trainer.step_count < total:
-        window_idx = sampler.next_window()
-        # The schedule this step trains under; evaluations and best.safetensors record it,
-        # so a loaded model has exactly the PALs that were active.
-        progress = (trainer.step_count, sampler.epoch)
-        model.set_progress(*progress)
-        window = [(names[i], streams[names[i]].next()) for i in window_idx]
-        res = trainer.step(window)
+        window = sampler.next_window()
+        # The schedule this step trains under; best.safetensors and last/ record it, so a
+        # loaded model has exactly the PALs that were active.
+        state.progress = (trainer.step_count, sampler.epoch)
+        model.set_progress(*state.progress)
+        res = trainer.step([(names[i], run.streams[names[i]].next()) for i in window])
         step = trainer.step_count
-        state["examples"] += res.examples
-        interval_examples += res.examples
-        for task, v in res.losses.items():
-            interval.setdefault(task, []).append(v)
-        task_now = "+".join(dict.fromkeys(n for n, _ in window))
+        state.examples += res.examples
+        meter.add(res)
         bar.update(1)
-        bar.set_postfix_str(
-            f"{task_now} loss {sum(res.losses.values()):.3f} lr {res.lr:.2e}", refresh=False
-        )
-        if main and (step % t.log_every == 0 or step == total):
-            now = time.perf_counter()
-            rec = {
-                "type": "train",
-                "step": step,
-                "epoch": sampler.epoch,
-                "loss": {k: float(np.mean(v)) for k, v in interval.items()},
-                "lr": res.lr,
-                "examples_per_s": interval_examples / max(now - interval_start, 1e-9),
-                "skipped_steps": trainer.skipped_steps,
-            }
-            if res.grad_norm is not None:
-                rec["grad_norm"] = res.grad_norm
-            if device.type == "cuda":
-                rec["peak_cuda_memory"] = torch.cuda.max_memory_allocated(device)
-            log.write(rec)
-            interval, interval_examples, interval_start = {}, 0, now
+        tasks_now = "+".join(dict.fromkeys(names[i] for i in window))
+        loss = sum(res.losses.values())
+        bar.set_postfix_str(f"{tasks_now} loss {loss:.3f} lr {res.lr:.2e}", refresh=False)
+        if run.main and (step % t.log_every == 0 or step == total):
+            run.log.write(meter.record(step, sampler.epoch, res, trainer))
 
-        epoch_end = sampler.epoch_done
-        do_eval = (
-            step == total
-            or (every == "epoch" and epoch_end)
-            or (isinstance(every, int) and step % every == 0)
-        )
-        if do_eval and main and dev_loaders:
-            scores = evaluate(model, tasks, dev_loaders, device, precision)
-            score = selection_score(scores, tasks, recipe.eval.metric)
-            if not np.isfinite(score):  # e.g. Pearson of constant predictions
-                score = float("-inf")
-            last_scores = {"step": step, "score": score, "scores": scores}
-            log.write(
-                {
-                    "type": "eval",
-                    "step": step,
-                    "epoch": sampler.epoch + (0 if not epoch_end else 1),
-                    "scores": scores,
-                    "score": score,
-                }
-            )
-            best = state["best"]
-            if best is None or score > best["score"]:
-                state["best"] = dict(last_scores)
-                atomic_save_file(
-                    saved_weights(model),
-                    run_dir / "best.safetensors",
-                    {
-                        "step": step,
-                        "epoch": sampler.epoch,
-                        "progress_step": progress[0],
-                        "progress_epoch": progress[1],
-                        "score": score,
-                        "format": "palbert-run",
-                    },
-                )
-            bar.write(
-                f"step {step}: dev {' '.join(f'{n} {s[tasks[n].primary_metric]:.3f}' for n, s in scores.items())}"
-                f" | score {score:.4f} (best {state['best']['score']:.4f} at {state['best']['step']})"
-            )
-        do_save = step == total or (step % save_every == 0 if save_every else do_eval)
-        if do_save and main:
-            state["elapsed"] = elapsed0 + time.perf_counter() - session_start
+        paused = _clock()  # evaluation and checkpoints stay out of the training rate
+        evaluate_now = run.dev and _eval_due(recipe, step, total, sampler.epoch_done)
+        save_now = step == total or _save_due(recipe, step, sampler.epoch_done)
+        if evaluate_now or save_now:  # nothing non-finite is evaluated or saved
+            trainer.check_weights()
+        if run.main and evaluate_now:
+            bar.write(_evaluate(run, step))
+        if run.main and save_now:
             extra = {
                 "sampler": sampler.state_dict(),
-                "streams": {n: s.state_dict() for n, s in streams.items()},
-                **{k: state[k] for k in ("best", "elapsed", "examples")},
+                "streams": {n: s.state_dict() for n, s in run.streams.items()},
+                **state.saved(_clock() - session_start),
             }
-            save_checkpoint(run_dir / "last", model, trainer, extra)
+            save_checkpoint(run.dir / "last", model, trainer, extra)
+        _leave_out(bar, meter, _clock() - paused)
         if stop_at_step is not None and step >= stop_at_step:
             bar.close()
             raise TrainingInterrupted(f"stopped after step {step} (stop_at_step)")
     bar.close()
+    if run.main:
+        _finish(run, _clock() - session_start)
 
-    if main:
-        elapsed = elapsed0 + time.perf_counter() - session_start
-        summary = {
-            "recipe": recipe.name,
-            "steps": trainer.step_count,
-            "epochs": sampler.epoch + (1 if sampler.epoch_done else 0),
-            "examples": state["examples"],
-            "time_s": round(elapsed, 1),
+
+def _clock() -> float:
+    return time.perf_counter()
+
+
+def _eval_due(recipe: Recipe, step: int, total: int, epoch_done: bool) -> bool:
+    every = recipe.eval.every
+    if step == total:
+        return True
+    if every == "epoch":
+        return epoch_done
+    return step % every == 0
+
+
+def _save_due(recipe: Recipe, step: int, epoch_done: bool) -> bool:
+    """A resume checkpoint every ``save_every`` steps, else at each evaluation (the last
+    step always saves)."""
+    if recipe.train.save_every:
+        return step % recipe.train.save_every == 0
+    return _eval_due(recipe, step, -1, epoch_done)
+
+
+class _Meter:
+    """Losses, examples and seconds of training since the last train record."""
+
+    def __init__(self) -> None:
+        self.losses: dict[str, list[float]] = {}
+        self.examples = 0
+        self.start = _clock()
+
+    def add(self, res: Any) -> None:
+        self.examples += res.examples
+        for task, v in res.losses.items():
+            self.losses.setdefault(task, []).append(v)
+
+    def record(self, step: int, epoch: int, res: Any, trainer: Trainer) -> dict[str, Any]:
+        """The train record of the interval, which starts a new one."""
+        now = _clock()
+        rec = {
+            "type": "train",
+            "step": step,
+            "epoch": epoch,
+            "loss": {k: float(np.mean(v)) for k, v in self.losses.items()},
+            "lr": res.lr,
+            "examples_per_s": self.examples / max(now - self.start, 1e-9),
             "skipped_steps": trainer.skipped_steps,
-            "final": last_scores,
-            "best": state["best"],
-            "selection_metric": recipe.eval.metric,
         }
-        if device.type == "cuda":
-            summary["peak_cuda_memory"] = torch.cuda.max_memory_allocated(device)
-        atomic_write_text(run_dir / "summary.json", json.dumps(_json_safe(summary), indent=1))
-        (run_dir / "COMPLETE").touch()
+        if res.grad_norm is not None:
+            rec["grad_norm"] = res.grad_norm
+        if trainer.device.type == "cuda":
+            rec["peak_cuda_memory"] = torch.cuda.max_memory_allocated(trainer.device)
+        self.losses, self.examples, self.start = {}, 0, now
+        return rec
+
+
+def _leave_out(bar: Any, meter: _Meter, seconds: float) -> None:
+    """Leave ``seconds`` spent outside training steps out of the bar's rate and elapsed time
+    and out of the logged examples_per_s."""
+    meter.start += seconds
+    if not bar.disable:
+        bar.start_t += seconds
+        bar.last_print_t += seconds
+
+
+def dev_scores(run: Run) -> dict[str, dict[str, float]]:
+    """Every task's metrics on the dev split: the one place training evaluates."""
+    recipe = run.recipe
+    return evaluate(
+        run.model,
+        {name: run.tasks[name] for name in run.dev},
+        recipe.eval.split,
+        recipe.train.eval_batch_size,
+        run.trainer.device,
+        run.trainer.precision,
+        on_error={e.name: e.on_error for e in recipe.tasks},
+    )
+
+
+def _evaluate(run: Run, step: int) -> str:
+    """Evaluate on dev, log it, keep best.safetensors; return the line for the console."""
+    scores = dev_scores(run)
+    score = selection_score(scores, run.tasks, run.recipe.eval.metric)
+    if not np.isfinite(score):  # e.g. Pearson of constant predictions
+        score = float("-inf")
+    state, sampler = run.state, run.sampler
+    state.final = {"step": step, "score": score, "scores": scores}
+    epoch = sampler.epoch + (1 if sampler.epoch_done else 0)
+    run.log.write({"type": "eval", "step": step, "epoch": epoch, "scores": scores, "score": score})
+    if state.best is None or score > state.best["score"]:
+        state.best = dict(state.final)
+        meta = {"step": step, "epoch": sampler.epoch, "score": score, "format": "palbert-run"}
+        meta |= progress_record(state.progress)
+        atomic_save_file(saved_weights(run.model), run.dir / "best.safetensors", meta)
+    primary = " ".join(f"{n} {s[run.tasks[n].primary_metric]:.3f}" for n, s in scores.items())
+    best = f"best {state.best['score']:.4f} at {state.best['step']}"
+    return f"step {step}: dev {primary} | score {score:.4f} ({best})"
+
+
+def _finish(run: Run, session_seconds: float) -> None:
+    """summary.json, then COMPLETE."""
+    trainer, sampler, state = run.trainer, run.sampler, run.state
+    summary = {
+        "recipe": run.recipe.name,
+        "steps": trainer.step_count,
+        "epochs": sampler.epoch + (1 if sampler.epoch_done else 0),
+        "examples": state.examples,
+        "time_s": round(state.elapsed + session_seconds, 1),
+        "skipped_steps": trainer.skipped_steps,
+        "final": state.final,
+        "best": state.best,
+        "selection_metric": run.recipe.eval.metric,
+    }
+    if trainer.device.type == "cuda":
+        summary["peak_cuda_memory"] = torch.cuda.max_memory_allocated(trainer.device)
+    atomic_write_text(run.dir / "summary.json", json.dumps(_json_safe(summary), indent=1))
+    atomic_write_text(run.dir / "COMPLETE", "")
+
+
+# -- the progressive schedule's position ----------------------------------------------------
+
+PROGRESS_KEYS = ("progress_step", "progress_epoch")
+
+
+def progress_record(progress: tuple[int, int]) -> dict[str, int]:
+    """How best.safetensors' metadata and last/state.json record the (step, epoch) that the
+    progressive schedule trained the saved weights under."""
+    return dict(zip(PROGRESS_KEYS, progress, strict=True))
+
+
+def recorded_progress(record: dict[str, Any]) -> tuple[int, int] | None:
+    """The (step, epoch) of :func:`progress_record`, or None where none was recorded."""
+    if not all(k in record for k in PROGRESS_KEYS):
+        return None
+    return int(record["progress_step"]), int(record["progress_epoch"])
 
 
 # -- reading a run back -------------------------------------------------------------------
@@ -595,7 +785,11 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
     """Rebuild a run's model from its recipe.yaml and load its weights (safetensors only).
 
     ``which``: "best" (best.safetensors) or "last" (the resume checkpoint's weights).
-    Returns (model in eval mode, tasks by name, recipe).
+    Returns (model in eval mode, tasks by name, recipe); the model holds every task's spec,
+    so it can predict::
+
+        model, tasks, recipe = load_run("checkpoints/quickstart-20260101-120000")
+        model.predict("sst", ["a gripping film"])
     """
     from safetensors.torch import load_file
 
@@ -607,8 +801,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
     if which == "best":
         path = run_dir / "best.safetensors"
     elif which == "last":
-        found = checkpoint_dir(run_dir / "last")
-        path = (found or run_dir / "last") / "weights.safetensors"
+        path = (checkpoint_dir(run_dir / "last") or run_dir / "last") / "weights.safetensors"
     else:
         raise ValueError(f"which must be 'best' or 'last', not {which!r}")
     if not path.is_file():
@@ -617,30 +810,42 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
     _, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise ValueError(f"{path} has weights the model lacks: {unexpected[:5]}")
-    meta = read_metadata(path) if which == "best" else {}
-    if "progress_step" in meta:
-        model.set_progress(int(meta["progress_step"]), int(meta["progress_epoch"]))
-    elif "step" in meta:
-        model.set_progress(int(meta["step"]), int(meta.get("epoch", 0)))
-    else:
-        state = (
-            json.loads(((found or run_dir / "last") / "state.json").read_text())
-            if which == "last"
-            else {}
-        )
-        model.set_progress(
-            int(state.get("step_count", 0)), int(state.get("sampler", {}).get("epoch", 0))
+    record = read_metadata(path) if which == "best" else _state_json(path.parent)
+    progress = recorded_progress(record)
+    if progress is not None:
+        model.set_progress(*progress)
+    elif any(c.progressive is not None for c in model.task_configs.values()):
+        raise ValueError(
+            f"{path}: the run has a progressive PAL schedule but the file does not record its "
+            f"position ({', '.join(PROGRESS_KEYS)}); it was written by an older palbert"
         )
     model.eval()
     return model, tasks, recipe
 
 
+def _state_json(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "state.json").read_text())
+
+
 def _record(line: str) -> dict | None:
-    """One metrics.jsonl record, or None for a blank or partial line (a run killed mid-write)."""
+    """One metrics.jsonl record, or None for a blank, partial (a run killed mid-write) or
+    damaged line."""
     try:
-        return json.loads(line) if line.strip() else None
+        record = json.loads(line) if line.strip() else None
     except json.JSONDecodeError:
         return None
+    return record if isinstance(record, dict) else None
 
 
-__all__ = ["TrainingInterrupted", "build_model", "build_tasks", "load_run", "train"]
+__all__ = [
+    "Run",
+    "RunState",
+    "TrainingInterrupted",
+    "build_model",
+    "build_tasks",
+    "check_lengths",
+    "check_sampler",
+    "load_run",
+    "prepare",
+    "train",
+]

@@ -2,7 +2,7 @@
 
 No torch and no models here, so samplers are testable alone::
 
-    s = TaskSampler("sqrt", sizes=[250, 54, 500, 174], seed=0, epochs=3)
+    s = TaskSampler(SamplerSection(kind="sqrt"), sizes=[250, 54, 500, 174], seed=0, epochs=3)
     s.probabilities(epoch=0)        # p_i ~ N_i^0.5
     window = s.next_window()         # task indices of the next optimizer step's micro-batches
     state = s.state_dict(); s.load_state_dict(state)
@@ -47,9 +47,12 @@ The draws of epoch e are a pure function of (seed, e, sizes), drawn with a
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # the recipe's section, read by attribute: no torch import here
+    from palbert.recipe import SamplerSection
 
 KINDS = ("round_robin", "uniform", "proportional", "sqrt", "annealed", "temperature")
 POLICIES = ("sum", "min", "max", "fixed")
@@ -119,25 +122,23 @@ def draws_per_epoch(
 class TaskSampler:
     """Draws task indices for the micro-batches of training, epoch by epoch.
 
-    ``sizes`` are the tasks' batch counts (per pass over their training data). ``epochs``
-    (E) is needed by the annealed kind; ``steps_per_epoch`` by the ``fixed`` policy.
+    ``config`` is the recipe's ``sampler:`` section (kind, alpha, temperature, epoch policy,
+    steps_per_epoch, per); ``sizes`` the tasks' batch counts (per pass over their training
+    data). ``epochs`` (E) is needed by the annealed kind.
     """
 
     def __init__(
         self,
-        kind: str,
+        config: SamplerSection,
         sizes: list[int],
+        *,
         seed: int = 0,
         epochs: int = 1,
-        alpha: float | None = None,
-        temperature: float = 2.0,
-        policy: str = "sum",
-        steps_per_epoch: int | None = None,
         grad_accum: int = 1,
-        per: str = "step",
     ) -> None:
-        if per not in ("step", "micro_batch"):
-            raise ValueError(f"per must be 'step' or 'micro_batch', not {per!r}")
+        if config.per not in ("step", "micro_batch"):
+            raise ValueError(f"per must be 'step' or 'micro_batch', not {config.per!r}")
+        kind, alpha, temperature = config.kind, config.alpha, config.temperature
         probabilities(kind, sizes, 1, max(epochs, 1), alpha, temperature)  # validates
         if grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, not {grad_accum}")
@@ -147,10 +148,10 @@ class TaskSampler:
         self.epochs = max(int(epochs), 1)
         self.alpha = alpha
         self.temperature = temperature
-        self.policy = policy
+        self.policy = config.epoch
         self.grad_accum = grad_accum
-        self.per = per
-        self.draws = draws_per_epoch(self.sizes, policy, steps_per_epoch, grad_accum)
+        self.per = config.per
+        self.draws = draws_per_epoch(self.sizes, self.policy, config.steps_per_epoch, grad_accum)
         self.epoch = 0  # 0-based epoch of the next draw
         self.position = 0  # draws already taken in this epoch
         self._plan: tuple[int, np.ndarray] | None = None

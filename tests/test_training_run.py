@@ -1,0 +1,504 @@
+"""Runs: every check before anything is written; a refused or damaged resume changes nothing;
+one writer per run folder; nothing non-finite is saved; a loaded run predicts at the length
+it trained with and has the PALs of its last step; the training rate leaves evaluation out."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from .test_train import one_thread, tiny_setup, token_cache, write_recipe  # noqa: F401
+
+TRAINING = Path(__file__).resolve().parents[1] / "palbert" / "training"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def nothing_written(tmp_path: Path) -> bool:
+    runs = tmp_path / "runs"
+    return not runs.exists() or not any(runs.iterdir())
+
+
+def one_line_error(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("palbert: error: "), err
+    return lines[0]
+
+
+def test_tokenizer_larger_than_the_encoder_is_refused_before_anything_is_written(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from palbert.backbones import BackboneError
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import train
+
+    _, data = tiny_setup
+    path = write_recipe(tmp_path, "random:tiny", data, train={"max_steps": 1})
+    with pytest.raises(BackboneError, match="vocab_size is 1,000"):
+        train(load_recipe(path), progress=False)
+    assert nothing_written(tmp_path)
+    assert main(["train", str(path), "--no-progress"]) == 2
+    assert "30,522 tokens" in one_line_error(capsys.readouterr().err)
+    assert nothing_written(tmp_path)
+
+
+def test_a_max_length_beyond_the_encoders_positions_is_refused(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from palbert.cli import main
+
+    backbone, data = tiny_setup  # 64 positions
+    path = write_recipe(tmp_path, backbone, data, tasks=["sst", {"name": "sts", "max_length": 65}])
+    assert main(["train", str(path), "--no-progress"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "task 'sts': max_length 65 is longer than the encoder's 64 positions" in line
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "tasks, sampler, train, message",
+    [
+        (  # a bi-encoder cannot share a mixed batch
+            [{"name": "sts", "encoding": "bi"}, "sst"],
+            {"mixed": True, "per": "micro_batch"},
+            {"grad_accum": 2},
+            "task 'sts' in a mixed batch",
+        ),
+        (  # one task per step: merging would change nothing
+            ["sst", "sts"],
+            {"mixed": True, "per": "step"},
+            {"grad_accum": 1},
+            "sampler.per: step",
+        ),
+        (  # one micro-batch per step: the same
+            ["sst", "sts"],
+            {"mixed": True, "per": "micro_batch"},
+            {"grad_accum": 1},
+            "train.grad_accum >= 2",
+        ),
+    ],
+)
+def test_mixed_batches_that_cannot_work_are_refused_before_anything_is_written(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    tasks,
+    sampler,
+    train,
+    message,
+):
+    from palbert.cli import main
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, tasks=tasks, sampler=sampler, train=train)
+    assert main(["train", str(path), "--no-progress"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "tiny.yaml: sampler.mixed" in line and message in line
+    assert nothing_written(tmp_path)
+
+
+def test_mixed_batches_train_when_they_can(tiny_setup, tmp_path):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import train
+
+    backbone, data = tiny_setup
+    path = write_recipe(
+        tmp_path,
+        backbone,
+        data,
+        sampler={"mixed": True, "per": "micro_batch"},
+        train={"grad_accum": 2, "max_steps": 2},
+        eval={"every": 2},
+    )
+    run = train(load_recipe(path), progress=False)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [("foo", "is not a device"), ("cuda", "no CUDA device")],
+)
+def test_a_device_that_cannot_work_is_refused(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    device,
+    message,
+):
+    from palbert.cli import main
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data)
+    assert main(["train", str(path), f"train.device={device}", "--no-progress"]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["tasks.0.head.hidden=[32]"], "hidden sizes need type 'mlp'"),
+        # a head of another shape cannot take the checkpoint's weights
+        (["tasks.0.head.type=mlp", "tasks.0.head.hidden=[32]"], "does not fit the model"),
+        (["sampler.kind=uniform"], "sampler state does not match"),
+    ],
+)
+def test_a_refused_resume_leaves_the_run_byte_identical(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    overrides,
+    message,
+):
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), *overrides, "--no-progress"]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert snapshot(run) == before
+    # the run still resumes as it was
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_complete_run_is_not_resumed_and_a_finished_one_keeps_its_scores(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data)
+    with pytest.raises(TrainingInterrupted):  # killed right after the final checkpoint
+        train(load_recipe(path), progress=False, stop_at_step=6)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert not (run / "summary.json").exists()
+    assert train(load_recipe(path), resume=run, progress=False) == run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["step"] == 6 and summary["best"] is not None
+    assert summary["time_s"] > 0
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+    assert "is complete" in one_line_error(capsys.readouterr().err)
+    assert snapshot(run) == before
+
+
+def test_an_accepted_override_on_resume_is_kept_in_the_recipe(tiny_setup, tmp_path):  # noqa: F811
+    import yaml
+
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert main(["train", str(path), "--resume", str(run), "train.log_every=2"]) == 0
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["log_every"] == 2
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 4, 6]
+
+
+def test_a_loaded_run_predicts_at_the_length_it_trained_with(tiny_setup, tmp_path):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import load_run, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(
+        tmp_path,
+        backbone,
+        data,
+        tasks=["sst", {"name": "sts", "max_length": 12}],
+        train={"max_steps": 2, "max_length": 10},
+        eval={"every": 2},
+    )
+    run = train(load_recipe(path), progress=False)
+    model, tasks, _ = load_run(run)
+    assert model.specs["sst"].max_length == 10 and model.specs["sts"].max_length == 12
+    assert model.specs["sst"].labels == tuple(tasks["sst"].labels)
+    (pred,) = model.predict("sst", ["the movie was very good"])
+    assert pred["label"] in tasks["sst"].labels
+    (score,) = model.predict("sts", [("a cat sat", "a dog sat")])
+    assert isinstance(score, float)
+
+
+def test_the_sampler_is_built_once(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training import run as run_mod
+
+    built = []
+    original = run_mod.TaskSampler
+
+    def counting(*args, **kwargs):
+        built.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "TaskSampler", counting)
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"max_steps": 1}, eval={"every": 1})
+    run_mod.train(load_recipe(path), progress=False)
+    assert len(built) == 1
+
+
+def test_the_training_rate_leaves_out_evaluation_and_checkpoints(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    """A fake clock: each optimizer step takes 1 s, each evaluation 1000 s."""
+    import tqdm.std
+
+    from palbert.recipe import load_recipe
+    from palbert.training import run as run_mod
+    from palbert.training.loop import Trainer
+
+    now = [0.0]
+    monkeypatch.setattr(run_mod, "_clock", lambda: now[0])
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    step, dev_scores = Trainer.step, run_mod.dev_scores
+
+    def timed_step(self, window):
+        now[0] += 1.0
+        return step(self, window)
+
+    def timed_eval(run):
+        now[0] += 1000.0
+        return dev_scores(run)
+
+    monkeypatch.setattr(Trainer, "step", timed_step)
+    monkeypatch.setattr(run_mod, "dev_scores", timed_eval)
+    backbone, data = tiny_setup
+    run = run_mod.train(load_recipe(write_recipe(tmp_path, backbone, data)), progress=True)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["examples_per_s"] for r in records if r["type"] == "train"]
+    assert rates == [4.0] * 6  # batch size 4, one batch a second, evaluations or not
+    assert "6/6 [00:06<00:00" in capsys.readouterr().err  # the bar's elapsed time too
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["time_s"] == 2006.0  # the run's wall time still counts everything
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_a_loaded_run_has_the_pals_of_its_last_step(tiny_setup, tmp_path, which):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import load_run, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(
+        tmp_path,
+        backbone,
+        data,
+        module={"kind": "pal", "progressive": {"start": 1, "every": 4}},
+        train={"max_steps": 4},
+        eval={"every": 4},
+    )
+    run = train(load_recipe(path), progress=False)
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert (state["progress_step"], state["progress_epoch"]) == (3, 0)
+    model, _, _ = load_run(run, which=which)
+    assert model.task_modules["sst"].active == {1}  # step 4 trained under 3 completed steps
+
+
+def test_no_training_function_takes_more_than_eight_parameters():
+    for path in TRAINING.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                n += bool(a.vararg) + bool(a.kwarg)
+                assert n <= 8, f"{path.name}:{node.lineno} {node.name} takes {n} parameters"
+
+
+@pytest.mark.parametrize("fault", ["gradient", "weight"])
+def test_nothing_non_finite_is_saved(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+    fault,
+):
+    """A NaN gradient (step 3) or weight (after step 3) stops the run before step 3's
+    checkpoint; the last checkpoint is step 2's and finite."""
+    from palbert.cli import main
+    from palbert.training.loop import Trainer
+    from palbert.training.run import load_run
+
+    backward, apply = Trainer.backward, Trainer.apply
+
+    def poisoned_backward(self, window):
+        out = backward(self, window)
+        if fault == "gradient" and self.step_count == 2:
+            next(p for p in self.params if p.grad is not None).grad.fill_(float("nan"))
+        return out
+
+    def poisoned_apply(self):
+        res = apply(self)
+        if fault == "weight" and self.step_count == 3:
+            self.params[-1].data.fill_(float("inf"))
+        return res
+
+    monkeypatch.setattr(Trainer, "backward", poisoned_backward)
+    monkeypatch.setattr(Trainer, "apply", poisoned_apply)
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 1}, eval={"every": 2})
+    assert main(["train", str(path), "--no-progress"]) == 1
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("palbert: error")]
+    assert len(line) == 1 and "optimizer step 3" in line[0] and "last good checkpoint" in line[0]
+    assert ("gradient norm is nan" if fault == "gradient" else "is not finite") in line[0]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "last" / "state.json").read_text())["step_count"] == 2
+    for which in ("last", "best"):
+        model, _, _ = load_run(run, which=which)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), which
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["type"] == "error" and records[-1]["step"] == 3
+    assert [r["step"] for r in records if r["type"] == "eval"] == [2]
+
+
+def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):  # noqa: F811
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, _hold, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    held = _hold(run)  # as another `palbert train --resume` would
+    try:
+        before = snapshot(run)
+        capsys.readouterr()
+        assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert f"being trained by process {os.getpid()}" in line
+        assert snapshot(run) == before
+    finally:
+        held.close()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    (run / ".last.tmp-x1y2").mkdir()
+    (run / ".last.tmp-x1y2" / "weights.safetensors").write_bytes(b"half")
+    (run / ".best.safetensors.abc123.tmp").write_bytes(b"half")
+    (run / ".summary.json.q.tmp").write_text("{")
+    train(load_recipe(path), resume=run, progress=False)
+    assert not [p.name for p in run.glob(".*")]
+
+
+def interrupted_run(tiny_setup, tmp_path):  # noqa: F811
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    return path, run
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda run: (run / "last" / "state.json").write_text('{"format": 1, "step'), "damaged"),
+        (lambda run: (run / "last" / "weights.safetensors").write_bytes(b"\0" * 9), "damaged"),
+        (
+            lambda run: (run / "last" / "state.json").write_text(
+                (run / "last" / "state.json")
+                .read_text()
+                .replace('"step_count": 2', '"step_count": 1000000000000')
+            ),
+            "at step 1000000000000, outside the run's 6 steps",
+        ),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_in_one_line(
+    tiny_setup,  # noqa: F811
+    tmp_path,
+    capsys,
+    damage,
+    message,
+):
+    from palbert.cli import main
+
+    path, run = interrupted_run(tiny_setup, tmp_path)
+    damage(run)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert snapshot(run) == before and not (run / "COMPLETE").exists()
+
+
+def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from palbert.cli import main
+    from palbert.training.loop import Trainer
+
+    step = Trainer.step
+
+    def interrupted_at_3(self, window):
+        if self.step_count == 2:
+            raise KeyboardInterrupt
+        return step(self, window)
+
+    monkeypatch.setattr(Trainer, "step", interrupted_at_3)
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    assert main(["train", str(path), "--no-progress"]) == 130
+    (run,) = (tmp_path / "runs").iterdir()
+    err = capsys.readouterr().err
+    assert f"palbert: interrupted; continue with: palbert train {path} --resume {run}" in err
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, capsys):  # noqa: F811
+    from palbert.cli import main
+
+    _, run = interrupted_run(tiny_setup, tmp_path)
+    lines = (run / "metrics.jsonl").read_bytes().splitlines()
+    lines[0] = b'{"type": "train", "step": 1, "loss": {"sst": 0.5\xff}}'
+    (run / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "metrics.jsonl:1: not a JSON record (not UTF-8 text)" in line
