@@ -192,6 +192,45 @@ def test_delimited_files_written_by_csv_read_back_exactly(
     assert [tuple(r.values.values()) for r in table.records] == rows
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    from palbert.backbones import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+@FEW
+@given(texts=st.lists(field_text, min_size=1, max_size=6), max_length=st.integers(4, 24))
+def test_any_text_reaches_batches_or_is_a_named_bad_row(folder, tokenizer, texts, max_length):
+    """Whatever the text (control characters, NULs, line breaks, lone combining marks...),
+    a row is tokenized into a batch no longer than max_length, or reported."""
+    lines, starts = ['"id","sentence","label"\r\n'], []
+    for i, t in enumerate(texts):
+        buf = io.StringIO()
+        csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\r\n").writerow((i, t, i % 2))
+        starts.append(1 + sum(len(io.StringIO(x, newline="").readlines()) for x in lines))
+        lines.append(buf.getvalue())
+    (folder / "tok.csv").write_bytes("".join(lines).encode("utf-8"))
+    spec = {"name": "t", "text": "sentence", "labels": ["0", "1"], "multiline": True}
+    task = build_task({**spec, "files": {"train": "tok.csv"}}, data_dir=folder, cache_dir=False)
+    usable = [i for i, t in enumerate(texts) if t.strip()]
+    if not usable:
+        with pytest.raises(DataError, match=r"tok.csv: none of the"):
+            task.tokenized("train", tokenizer, max_length=max_length, on_error="skip")
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = task.tokenized("train", tokenizer, max_length=max_length, on_error="skip")
+        loader = task.batches("train", tokenizer, 4, max_length=max_length, on_error="skip")
+        batches = list(loader)
+    assert len(data) == len(usable)
+    assert [line for _, line, _ in task.skipped] == [
+        starts[i] for i in range(len(texts)) if i not in usable
+    ]
+    assert sum(len(b["input_ids"]) for b in batches) == len(usable)
+    assert all(b["input_ids"].shape[1] <= max_length for b in batches)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | field_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(field_text, inner, max_size=3),

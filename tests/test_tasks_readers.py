@@ -393,6 +393,19 @@ def test_a_header_that_is_not_utf8_names_file_and_line(tmp_path):
         read_records(tmp_path / "h.csv")
 
 
+def test_a_file_that_cannot_be_read_is_a_data_error(tmp_path, monkeypatch):
+    import palbert.tasks.readers as readers
+
+    (tmp_path / "p.csv").write_text("text,label\nx,1\n")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(readers, "open", refuse, raising=False)  # shadows the builtin there
+    with pytest.raises(DataError, match=r"cannot read data file .*p.csv: Permission denied"):
+        read_records(tmp_path / "p.csv")
+
+
 def test_json_a_parser_cannot_hold_is_a_bad_row(tmp_path):
     # nesting past the recursion limit and numbers past int's digit limit used to escape
     # as RecursionError / ValueError

@@ -118,15 +118,18 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
 def read_records(path: str | Path, fmt: str = "auto", multiline: bool = False) -> Table:
     """Read a CSV/TSV/JSONL file into records (no checks beyond splitting rows into fields).
 
-    Missing file -> :class:`DataError` naming the path.
+    A missing or unreadable file -> :class:`DataError` naming the path.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    kind = detect_format(path, fmt)
-    if kind == "jsonl":
-        return _read_jsonl(path)
-    return _read_delimited(path, "\t" if kind == "tsv" else ",", multiline)
+    try:
+        kind = detect_format(path, fmt)
+        if kind == "jsonl":
+            return _read_jsonl(path)
+        return _read_delimited(path, "\t" if kind == "tsv" else ",", multiline)
+    except OSError as e:  # permissions, a disk error, a file removed while read
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from e
 
 
 def _read_delimited(path: Path, delimiter: str, multiline: bool) -> Table:
