@@ -57,7 +57,8 @@ def _not_utf8(text: str, where: str = "") -> str | None:
     m = _UNDECODABLE.search(text)
     if m is None:
         return None
-    return f"not UTF-8 text (byte 0x{ord(m.group()) - 0xDC00:02x} {where or f'at character {m.start() + 1}'})"
+    byte = ord(m.group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+    return f"not UTF-8 text (byte 0x{byte:02x} {where or f'at character {m.start() + 1}'})"
 
 
 @dataclass(frozen=True, slots=True)
