@@ -18,13 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from palbert.tasks import DataError, build_task  # noqa: E402
-from palbert.tasks.readers import read_records  # noqa: E402
+from palbert.tasks import DataError, build_task
+from palbert.tasks.readers import read_records
 
 SCALE = float(os.environ.get("PALBERT_PROPERTY_SCALE", "1"))
 FEW = settings(
