@@ -170,6 +170,8 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
     except (UnicodeDecodeError, ValueError) as e:
         raise TaskFileError(f"{where} is corrupted: its header is not valid JSON ({e})") from e
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise TaskFileError(f"{where} is corrupted: its metadata is not a map of strings")
     if PREFIX + "format_version" not in meta:
         raise TaskFileError(
             f"{where} has no palbert metadata (palbert.format_version); it is not a task file "
@@ -232,6 +234,14 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
             f"{where}: palbert.active_layers must be null or a list of layer indices in "
             f"0..{layers - 1}, not {active!r}"
         )
+    # the hash covers the bytes, not the header's dtypes: F32 read as I32 would pass it
+    dtype = meta.get(PREFIX + "dtype", "")
+    odd = [k for k, t in tensors.items() if t.dtype != DTYPES.get(dtype)]
+    if odd:
+        raise TaskFileError(
+            f"{where} is corrupted: tensor {odd[0]} is stored as "
+            f"{str(tensors[odd[0]].dtype).removeprefix('torch.')} but palbert.dtype is {dtype!r}"
+        )
     bad = [k for k in tensors if not k.startswith(("module.", "head."))]
     if bad:
         raise TaskFileError(f"{where}: unexpected tensors {bad[:5]} (only module.* and head.*)")
@@ -242,7 +252,7 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
         module=module,
         backbone=backbone,
         tensors=tensors,
-        dtype=meta.get(PREFIX + "dtype", ""),
+        dtype=dtype,
         palbert_version=meta.get(PREFIX + "version", "?"),
         active_layers=active,
     )

@@ -94,7 +94,10 @@ def test_every_bad_row_is_named_in_one_error():
         assert line == want_line
         assert want in reason
         assert f"bad-rows.csv:{line} " in msg
-    assert "8 bad row(s)" in msg and "on_error='skip'" in msg
+    assert "8 bad row(s)" in msg
+    # the hint speaks recipe YAML first (where users set it), then Python
+    assert "`on_error: skip` in the recipe's task entry" in msg and 'on_error="skip"' in msg
+    assert "on_error='skip'" not in msg
 
 
 def test_skip_reports_count_and_rows_and_keeps_good_rows():
@@ -314,12 +317,151 @@ def test_empty_file_and_header_only(tmp_path):
     with pytest.raises(DataError, match="empty"):
         read_records(tmp_path / "e.csv")
     (tmp_path / "h.csv").write_text("\tid\tsentence\tsentiment\n")
+    assert read_records(tmp_path / "h.csv").records == []  # the reader: zero rows
+    # a split with no rows is refused by whoever reads it (it used to reach the tokenizer,
+    # which raised IndexError), naming the file; the same for an empty JSONL file
+    (tmp_path / "h.jsonl").write_text("\n")
+    for name in ("h.csv", "h.jsonl"):
+        task = build_task(
+            {"name": "h", "extends": "sst", "format": "auto", "files": {"train": name}},
+            data_dir=tmp_path,
+            cache_dir=False,
+        )
+        with pytest.raises(DataError, match=rf"{name}: split 'train' has no data rows"):
+            task.read("train")
+        with pytest.raises(DataError, match=rf"{name}: split 'train' has no data rows"):
+            task.tokenized("train", tokenizer())
+
+
+def tokenizer():
+    from palbert.backbones import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+def test_skipping_every_row_is_refused(tmp_path):
+    (tmp_path / "b.csv").write_text("\tid\tsentence\tsentiment\n0\ta\t\t1\n1\tb\tx\t9\n")
     task = build_task(
-        {"name": "h", "extends": "sst", "files": {"train": "h.csv"}},
+        {"name": "b", "extends": "sst", "files": {"train": "b.csv"}},
         data_dir=tmp_path,
         cache_dir=False,
     )
-    assert task.read("train") == []
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataError, match=r"b.csv: none of the 2 row\(s\) of split 'train'") as e:
+            task.read("train", on_error=on_error)
+        assert [line for _, line, _ in e.value.problems] == [2, 3]
+        assert "b.csv:3 unknown label '9'" in str(e.value)
+
+
+NOT_UTF8 = {
+    # name: (bytes, spec overrides); rows 2 and 4 are good, row 3 holds a Latin-1 byte
+    "l.csv": (b"\tid\tsentence\tsentiment\n0\ta\t fine\t1\n1\tb\t caf\xe9\t0\n2\tc\t ok\t0\n", {}),
+    "m.csv": (
+        b"\tid\tsentence\tsentiment\n0\ta\t fine\t1\n1\tb\t caf\xe9\t0\n2\tc\t ok\t0\n",
+        {"multiline": True},
+    ),
+    "j.jsonl": (
+        b'{"id": "a", "sentence": "fine", "sentiment": 1}\n'
+        b'{"id": "b", "sentence": "caf\xe9", "sentiment": 0}\n'
+        b'{"id": "c", "sentence": "ok", "sentiment": 0}\n',
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", NOT_UTF8)
+def test_bytes_that_are_not_utf8_are_bad_rows_named_by_file_and_line(tmp_path, name):
+    data, extra = NOT_UTF8[name]
+    (tmp_path / name).write_bytes(data)
+    spec = {"name": "u", "extends": "sst", "format": "auto", "files": {"train": name}}
+    task = build_task({**spec, **extra}, data_dir=tmp_path, cache_dir=False)
+    first = 1 if name.endswith(".jsonl") else 2  # JSONL has no header line
+    with pytest.raises(DataError) as e:
+        task.read("train")
+    assert [(Path(f).name, line) for f, line, _ in e.value.problems] == [(name, first + 1)]
+    assert "not UTF-8 text (byte 0xe9" in e.value.problems[0][2]
+    assert f"{name}:{first + 1} not UTF-8" in str(e.value)
+    with pytest.warns(DataWarning, match="1 bad row"):
+        rows = task.read("train", on_error="skip")
+    assert [(r.id, r.line) for r in rows] == [("a", first), ("c", first + 2)]
+    assert [line for _, line, _ in task.skipped] == [first + 1]
+
+
+def test_a_header_that_is_not_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "h.csv").write_bytes(b"\tid\tsent\xffence\tsentiment\n0\ta\tx\t1\n")
+    with pytest.raises(DataError, match=r"h.csv:1 cannot read the header: not UTF-8"):
+        read_records(tmp_path / "h.csv")
+
+
+def test_a_file_that_cannot_be_read_is_a_data_error(tmp_path, monkeypatch):
+    import palbert.tasks.readers as readers
+
+    (tmp_path / "p.csv").write_text("text,label\nx,1\n")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(readers, "open", refuse, raising=False)  # shadows the builtin there
+    with pytest.raises(DataError, match=r"cannot read data file .*p.csv: Permission denied"):
+        read_records(tmp_path / "p.csv")
+
+
+def test_json_a_parser_cannot_hold_is_a_bad_row(tmp_path):
+    # nesting past the recursion limit and numbers past int's digit limit used to escape
+    # as RecursionError / ValueError
+    lines = [
+        b'{"id": "a", "sentence": "fine", "sentiment": 1}',
+        b"[" * 100_000,
+        b'{"id": 1' + b"0" * 5000 + b', "sentence": "x", "sentiment": 1}',
+        b'{"id": "c", "sentence": "ok", "sentiment": 0}',
+    ]
+    (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    table = read_records(tmp_path / "d.jsonl")
+    assert [(r.line, r.problem is None) for r in table.records] == [
+        (1, True),
+        (2, False),
+        (3, False),
+        (4, True),
+    ]
+    assert table.records[1].problem == "invalid JSON: nested too deeply"
+    assert table.records[2].problem.startswith("invalid JSON: ")
+
+
+def test_skipped_rows_are_reported_once_without_source_lines():
+    # one report on stderr, not a log line plus a warning followed by a line of palbert's
+    # code; still a DataWarning that filters act on
+    code = (
+        "import warnings, sys\n"
+        "from palbert.tasks import build_task, DataWarning\n"
+        f"t = build_task({{'name': 'bad', 'extends': 'sst', 'files': {{'train': 'bad-rows.csv'}}}},"
+        f" data_dir={str(FIX)!r}, cache_dir=False)\n"
+        "t.read('train', on_error='skip')\n"
+        "print(len(t.skipped))\n"
+        "if sys.argv[1] != 'default':\n"
+        "    warnings.simplefilter(sys.argv[1], DataWarning)\n"
+        "try:\n"
+        "    t.read('train', on_error='skip')\n"
+        "except DataWarning:\n"
+        "    print('raised')\n"
+    )
+
+    def run(action):
+        out = subprocess.run(
+            [sys.executable, "-c", code, action], capture_output=True, text=True, cwd=ROOT
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split(), out.stderr
+
+    stdout, stderr = run("default")
+    assert stdout == ["8"]
+    assert stderr.count("8 bad row(s)") == 2  # once per read
+    assert stderr.count("bad-rows.csv:3 missing field") == 2
+    assert "DataWarning: task 'bad' split 'train'" in stderr
+    assert "warnings.warn" not in stderr and ".py:" not in stderr  # no source shown
+    stdout, stderr = run("ignore")
+    assert stderr.count("8 bad row(s)") == 1  # the second read is silenced entirely
+    stdout, stderr = run("error")
+    assert stdout == ["8", "raised"]
 
 
 def test_absolute_paths_ignore_data_dir(tmp_path):

@@ -19,6 +19,10 @@ No torch here. Two layers:
 Broken quoting: with ``multiline`` off (the default) every physical line is parsed on its own,
 so a quote that is never closed damages only its own row, which is reported, instead of
 silently swallowing the rows after it.
+
+Bytes that are not UTF-8 damage only the rows that hold them: files are decoded with
+``surrogateescape`` (undecodable bytes become lone surrogates U+DC80..U+DCFF, which valid
+UTF-8 never yields) and each such row is reported by line instead of failing the whole file.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,11 +40,25 @@ from pathlib import Path
 from typing import Any
 
 from palbert.hub import hub_reachable
-from palbert.tasks.errors import DataError
+from palbert.tasks.errors import DataError, format_problems
 from palbert.tasks.spec import DatasetSpec, TaskSpec, canonical_label
 
 # the csv default (131,072 characters per field) is too small for long documents
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+# How files are opened: a BOM is dropped; undecodable bytes survive as lone surrogates.
+_TEXT = dict(encoding="utf-8-sig", errors="surrogateescape")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(text: str, where: str = "") -> str | None:
+    """Why ``text`` (decoded with ``surrogateescape``) is not UTF-8, or None if it is.
+    ``where`` says where in the row; by default the character's position in ``text``."""
+    m = _UNDECODABLE.search(text)
+    if m is None:
+        return None
+    byte = ord(m.group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+    return f"not UTF-8 text (byte 0x{byte:02x} {where or f'at character {m.start() + 1}'})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +111,7 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
         return "jsonl"
     if suffix == ".tsv":
         return "tsv"
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with open(path, newline="", **_TEXT) as fh:
         first = fh.readline()
     return "tsv" if "\t" in first else "csv"
 
@@ -100,21 +119,24 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
 def read_records(path: str | Path, fmt: str = "auto", multiline: bool = False) -> Table:
     """Read a CSV/TSV/JSONL file into records (no checks beyond splitting rows into fields).
 
-    Missing file -> :class:`DataError` naming the path.
+    A missing or unreadable file -> :class:`DataError` naming the path.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    kind = detect_format(path, fmt)
-    if kind == "jsonl":
-        return _read_jsonl(path)
-    return _read_delimited(path, "\t" if kind == "tsv" else ",", multiline)
+    try:
+        kind = detect_format(path, fmt)
+        if kind == "jsonl":
+            return _read_jsonl(path)
+        return _read_delimited(path, "\t" if kind == "tsv" else ",", multiline)
+    except OSError as e:  # permissions, a disk error, a file removed while read
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from e
 
 
 def _read_delimited(path: Path, delimiter: str, multiline: bool) -> Table:
     opts = dict(delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
     records: list[Record] = []
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with open(path, newline="", **_TEXT) as fh:
         if multiline:
             rows = _stream_rows(fh, opts)
         else:
@@ -155,6 +177,10 @@ def _line_rows(
     for lineno, line in enumerate(fh, start=1):
         if not line.strip("\r\n"):
             continue  # blank lines (a trailing one is common) carry no row
+        bad = _not_utf8(line)
+        if bad is not None:
+            yield lineno, None, bad
+            continue
         try:
             row = next(csv.reader((line,), **opts))
         except csv.Error as e:
@@ -192,21 +218,35 @@ def _stream_rows(
             last = reader.line_num
             continue
         start, last = last + 1, reader.line_num
-        if row:
-            yield start, row, None
+        if not row:
+            continue
+        span = f"in lines {start}-{last}"
+        bad = next((b for b in (_not_utf8(f, span) for f in row) if b is not None), None)
+        if bad is not None:
+            yield start, None, bad
+            continue
+        yield start, row, None
 
 
 def _read_jsonl(path: Path) -> Table:
     records: list[Record] = []
     columns: dict[str, None] = {}  # insertion-ordered set
-    with open(path, encoding="utf-8-sig") as fh:
+    with open(path, **_TEXT) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            bad = _not_utf8(line)
+            if bad is not None:
+                records.append(Record(lineno, None, bad))
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 records.append(Record(lineno, None, f"invalid JSON: {e.msg} at column {e.colno}"))
+                continue
+            except (ValueError, RecursionError) as e:  # e.g. a 5000-digit number, deep nesting
+                reason = "nested too deeply" if isinstance(e, RecursionError) else _first_line(e)
+                records.append(Record(lineno, None, f"invalid JSON: {reason}"))
                 continue
             if not isinstance(obj, dict):
                 records.append(
@@ -335,6 +375,8 @@ def parse_examples(
     ``spec.label_range``. A split whose name starts with "test" may lack the label column.
     """
     src = table.source
+    if not table.records:  # nothing to train, evaluate or predict on
+        raise DataError(f"{src}: split {split!r} has no data rows")
     cols = table.columns
     needed = list(spec.text)
     if spec.id is not None:
@@ -421,6 +463,12 @@ def parse_examples(
             continue
         seen[ident] = rec.line
         examples.append(Example(ident, texts[0], texts[1] if pair else None, label, rec.line))
+    if not examples:  # skipping would leave nothing: say so whatever on_error says
+        raise DataError(
+            f"{src}: none of the {len(problems)} row(s) of split {split!r} is usable:\n"
+            f"{format_problems(problems)}",
+            problems,
+        )
     return ParseResult(examples, problems, labelled)
 
 

@@ -231,14 +231,21 @@ class Task:
         if on_error == "raise":
             raise DataError(
                 f"{head}:\n{format_problems(problems)}\n"
-                "Fix the file, or pass on_error='skip' to skip these rows (they are then reported).",
+                "Fix the file, or skip and report these rows with `on_error: skip` in the "
+                'recipe\'s task entry (on_error="skip" from Python).',
                 problems,
             )
         if not again:
             return
-        msg = f"{head} skipped:\n{format_problems(problems)}"
-        log.warning(msg)
-        warnings.warn(msg, DataWarning, stacklevel=3)
+        # Reported once, as a DataWarning (filters and pytest.warns see it), placed at no
+        # source line: Python would otherwise print a line of palbert's code after it.
+        warnings.warn_explicit(
+            f"{head} skipped:\n{format_problems(problems)}",
+            DataWarning,
+            filename="<palbert>",
+            lineno=0,
+            module=__name__,
+        )
 
     @staticmethod
     def _check_on_error(on_error: str) -> None:
