@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from palbert.backbones import load_backbone, load_tokenizer
-from palbert.model import Encoded
+from palbert.encoded import Encoded
 from palbert.tasks import build_task
+from palbert.tasks.batching import Order
 
 DEFAULT_DATA = Path(
     os.environ.get("PALBERT_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/cs224n"
@@ -67,11 +68,9 @@ def main() -> None:
         fresh = build_task("sst", data_dir=args.data_dir, cache_dir=cache)  # new process-like state
         _, t_cached = timed(lambda: fresh.tokenized("train", tok, max_length=ml))
 
-    loader = task.batches("train", tok, batch_size=bs, shuffle=True, seed=0, max_length=ml)
+    loader = task.batches("train", tok, bs, ml, Order(shuffle=True, seed=0))
     batches, t_epoch = timed(lambda: list(loader))
-    grouped = task.batches(
-        "train", tok, batch_size=bs, shuffle=True, seed=0, max_length=ml, group_by_length=True
-    )
+    grouped = task.batches("train", tok, bs, ml, Order(shuffle=True, seed=0, group_by_length=True))
     gbatches, t_gepoch = timed(lambda: list(grouped))
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     cells = sum(b["input_ids"].numel() for b in batches)

@@ -2,7 +2,8 @@
 
 Imports go one way: cli -> training / export -> model -> inference -> taskfile, tasks, layers,
 backbones -> the shared bottom modules. No module imports a higher level, even lazily inside a
-function, and there is no import cycle.
+function, and there is no import cycle. And no function takes more than 8 parameters: a longer
+list is a configuration that wants a name (a recipe section, an Order, a Shard).
 """
 
 from __future__ import annotations
@@ -119,3 +120,16 @@ def test_no_import_cycles():
         if m not in seen:
             visit(m, [m])
     assert not cycles, "\n".join(cycles)
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                n += bool(a.vararg) + bool(a.kwarg)
+                if n > 8:
+                    long.append(f"{module_name(path)}:{node.lineno} {node.name} takes {n}")
+    assert not long, "\n".join(long)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from palbert.tasks import DataError, DataWarning, build_task
-from palbert.tasks.batching import Batches, Segments, TokenizedSplit
+from palbert.tasks.batching import Batches, Order, Segments, Shard, TokenizedSplit
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "tasks"
 
@@ -171,13 +171,13 @@ def order(loader: Batches) -> list[list[int]]:
 
 def test_shuffle_is_deterministic_per_seed_and_epoch():
     data = fake_split(103)
-    a = order(Batches(data, 8, shuffle=True, seed=1, epoch=0))
-    assert a == order(Batches(data, 8, shuffle=True, seed=1, epoch=0))
-    assert a != order(Batches(data, 8, shuffle=True, seed=1, epoch=1))
-    assert a != order(Batches(data, 8, shuffle=True, seed=2, epoch=0))
-    loader = Batches(data, 8, shuffle=True, seed=1)
+    a = order(Batches(data, 8, epoch=0, order=Order(shuffle=True, seed=1)))
+    assert a == order(Batches(data, 8, epoch=0, order=Order(shuffle=True, seed=1)))
+    assert a != order(Batches(data, 8, epoch=1, order=Order(shuffle=True, seed=1)))
+    assert a != order(Batches(data, 8, epoch=0, order=Order(shuffle=True, seed=2)))
+    loader = Batches(data, 8, order=Order(shuffle=True, seed=1))
     loader.set_epoch(1)
-    assert order(loader) == order(Batches(data, 8, shuffle=True, seed=1, epoch=1))
+    assert order(loader) == order(Batches(data, 8, epoch=1, order=Order(shuffle=True, seed=1)))
     assert sorted(sum(a, [])) == list(range(103))
     assert order(Batches(data, 8)) == [list(range(s, min(s + 8, 103))) for s in range(0, 103, 8)]
 
@@ -192,12 +192,9 @@ def test_rank_shards_cover_every_row_once(world_size, group):
         loader = Batches(
             data,
             bs,
-            shuffle=True,
-            seed=3,
             epoch=2,
-            group_by_length=group,
-            rank=rank,
-            world_size=world_size,
+            order=Order(shuffle=True, seed=3, group_by_length=group),
+            shard=Shard(rank=rank, world_size=world_size),
         )
         batches = order(loader)
         assert len(loader) == len(batches)
@@ -210,17 +207,23 @@ def test_rank_shards_cover_every_row_once(world_size, group):
 
 def test_ranks_see_what_one_process_sees_with_a_bigger_batch():
     data = fake_split(64)
-    one = order(Batches(data, 8, shuffle=True, seed=5))
-    r0 = order(Batches(data, 4, shuffle=True, seed=5, rank=0, world_size=2))
-    r1 = order(Batches(data, 4, shuffle=True, seed=5, rank=1, world_size=2))
+    one = order(Batches(data, 8, order=Order(shuffle=True, seed=5)))
+    r0 = order(
+        Batches(data, 4, order=Order(shuffle=True, seed=5), shard=Shard(rank=0, world_size=2))
+    )
+    r1 = order(
+        Batches(data, 4, order=Order(shuffle=True, seed=5), shard=Shard(rank=1, world_size=2))
+    )
     assert [a + b for a, b in zip(r0, r1, strict=True)] == one
 
 
 def test_drop_last_gives_every_rank_the_same_batches():
     data = fake_split(103)
-    lens = [len(Batches(data, 5, rank=r, world_size=4, drop_last=True)) for r in range(4)]
+    lens = [
+        len(Batches(data, 5, shard=Shard(rank=r, world_size=4, drop_last=True))) for r in range(4)
+    ]
     assert lens == [5, 5, 5, 5]
-    assert len(Batches(data, 5, drop_last=True)) == 20
+    assert len(Batches(data, 5, shard=Shard(drop_last=True))) == 20
     assert len(Batches(data, 5)) == 21
 
 
@@ -231,12 +234,19 @@ def test_length_grouping_reduces_padding_and_keeps_rows():
     def padded(loader):
         return sum(int(lengths[b].max()) * len(b) for b in loader.batch_indices())
 
-    plain = Batches(data, 8, shuffle=True, seed=0)
-    grouped = Batches(data, 8, shuffle=True, seed=0, group_by_length=True, bucket_batches=10)
+    plain = Batches(data, 8, order=Order(shuffle=True, seed=0))
+    grouped = Batches(
+        data, 8, order=Order(shuffle=True, seed=0, group_by_length=True, bucket_batches=10)
+    )
     assert padded(grouped) < padded(plain)
     assert sorted(sum(order(grouped), [])) == list(range(400))
     assert order(grouped) != order(
-        Batches(data, 8, shuffle=True, seed=0, epoch=1, group_by_length=True, bucket_batches=10)
+        Batches(
+            data,
+            8,
+            epoch=1,
+            order=Order(shuffle=True, seed=0, group_by_length=True, bucket_batches=10),
+        )
     )
     # inside a batch rows have close lengths
     spreads = [int(lengths[b].max() - lengths[b].min()) for b in grouped.batch_indices()]
@@ -254,4 +264,4 @@ def test_bad_loader_arguments():
     with pytest.raises(ValueError):
         Batches(data, 0)
     with pytest.raises(ValueError):
-        Batches(data, 2, rank=2, world_size=2)
+        Batches(data, 2, shard=Shard(rank=2, world_size=2))

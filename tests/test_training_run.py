@@ -4,7 +4,6 @@ it trained with and has the PALs of its last step; the training rate leaves eval
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 from pathlib import Path
@@ -326,16 +325,6 @@ def test_a_loaded_run_has_the_pals_of_its_last_step(tiny_setup, tmp_path, which)
     assert (state["progress_step"], state["progress_epoch"]) == (3, 0)
     model, _, _ = load_run(run, which=which)
     assert model.task_modules["sst"].active == {1}  # step 4 trained under 3 completed steps
-
-
-def test_no_training_function_takes_more_than_eight_parameters():
-    for path in TRAINING.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                a = node.args
-                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
-                n += bool(a.vararg) + bool(a.kwarg)
-                assert n <= 8, f"{path.name}:{node.lineno} {node.name} takes {n} parameters"
 
 
 @pytest.mark.parametrize("fault", ["gradient", "weight"])

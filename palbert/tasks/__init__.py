@@ -4,7 +4,7 @@
 
     from palbert.tasks import build_task
     task = build_task("sst", data_dir="../shared/data/cs224n")
-    loader = task.batches("train", tokenizer, batch_size=32, shuffle=True, seed=0, epoch=0)
+    loader = task.batches("train", tokenizer, 32, order=Order(shuffle=True, seed=0))
     head = task.build_head(hidden_size=384)
 
 Built-in tasks: ``sst``, ``cfimdb``, ``quora``, ``sts`` (the CS224N multitask project).
@@ -42,6 +42,8 @@ __all__ = [
 
 _LAZY = {
     "Batches": "palbert.tasks.batching",
+    "Order": "palbert.tasks.batching",
+    "Shard": "palbert.tasks.batching",
     "TokenizedSplit": "palbert.tasks.batching",
     "build_head": "palbert.tasks.heads",
     "compute_metrics": "palbert.tasks.metrics",

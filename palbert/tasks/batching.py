@@ -3,7 +3,7 @@
 ::
 
     data = tokenize_examples(examples, tokenizer, max_length=128, encoding="single")
-    loader = Batches(data, batch_size=32, shuffle=True, seed=0, epoch=0, pad_id=0)
+    loader = Batches(data, 32, Order(shuffle=True, seed=0), Shard(rank=0, world_size=1))
     for batch in loader:             # dict of LongTensors + "ids"
         ...
     loader.set_epoch(1)              # a new order, fixed by (seed, epoch)
@@ -279,13 +279,34 @@ def load_tokenized(path: Path) -> TokenizedSplit | None:
 # -- batches ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Order:
+    """How an epoch's rows are ordered: shuffled from ``(seed, epoch)`` or kept, and
+    optionally sorted by length inside buckets of ``bucket_batches`` global batches."""
+
+    shuffle: bool = False
+    seed: int = 0
+    group_by_length: bool = False
+    bucket_batches: int = 50
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which rows of each global batch this process takes (rank ``rank`` of ``world_size``);
+    ``drop_last`` drops the last, partial global batch."""
+
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool = False
+
+
 class Batches:
     """One rank's batches of a tokenized split, re-ordered per epoch from ``(seed, epoch)``.
 
     ``len(loader)`` is the number of batches this rank yields in an epoch. See the module
     docstring for the exact order, length grouping and sharding rules.
 
-    >>> loader = Batches(data, batch_size=32, shuffle=True, seed=0)   # doctest: +SKIP
+    >>> loader = Batches(data, 32, Order(shuffle=True, seed=0))      # doctest: +SKIP
     >>> loader.set_epoch(3); first = next(iter(loader))              # doctest: +SKIP
     """
 
@@ -293,29 +314,21 @@ class Batches:
         self,
         data: TokenizedSplit,
         batch_size: int = 32,
-        shuffle: bool = False,
-        seed: int = 0,
+        order: Order | None = None,
+        shard: Shard | None = None,
         epoch: int = 0,
-        group_by_length: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-        bucket_batches: int = 50,
     ) -> None:
+        order, shard = order or Order(), shard or Shard()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+        if shard.world_size < 1 or not 0 <= shard.rank < shard.world_size:
+            raise ValueError(f"rank {shard.rank} is not in a world of size {shard.world_size}")
         self.data = data
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
         self.epoch = epoch
-        self.group_by_length = group_by_length
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
-        self.bucket_batches = bucket_batches
+        self.shuffle, self.seed = order.shuffle, order.seed
+        self.group_by_length, self.bucket_batches = order.group_by_length, order.bucket_batches
+        self.rank, self.world_size, self.drop_last = shard.rank, shard.world_size, shard.drop_last
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` (call before iterating, as with DistributedSampler)."""

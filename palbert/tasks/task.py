@@ -4,7 +4,7 @@
 
     task = build_task("sst", data_dir="../shared/data/cs224n")
     rows = task.read("dev")                                   # strict: bad rows raise
-    loader = task.batches("train", tokenizer, batch_size=32, shuffle=True, seed=0, epoch=0)
+    loader = task.batches("train", tokenizer, 32, order=Order(shuffle=True, seed=0))
     head = task.build_head(384)
     loss = task.loss(head([encoded]), batch["labels"])
     scores = task.evaluate(task.predict(logits), labels)     # {"accuracy": ...}
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from palbert.tasks.batching import Batches, TokenizedSplit
+    from palbert.tasks.batching import Batches, Order, Shard, TokenizedSplit
 
 log = logging.getLogger("palbert.tasks")
 
@@ -365,33 +365,19 @@ class Task:
         split: str,
         tokenizer: Any,
         batch_size: int | None = None,
-        shuffle: bool = False,
-        seed: int = 0,
-        epoch: int = 0,
         max_length: int | None = None,
-        group_by_length: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
+        order: Order | None = None,
+        shard: Shard | None = None,
         on_error: str = "raise",
     ) -> Batches:
         """Batches of ``split`` (see :class:`palbert.tasks.batching.Batches`): dynamically
-        padded, ordered from ``(seed, epoch)``, sharded by ``rank``; ``batch_size`` defaults to
-        the spec's, then 32. Call ``loader.set_epoch(e)`` to move to another epoch."""
+        padded, in the ``order`` of epoch 0 (call ``loader.set_epoch(e)`` for another),
+        ``shard``-ed between processes; ``batch_size`` defaults to the spec's, then 32."""
         from palbert.tasks.batching import Batches
 
         data = self.tokenized(split, tokenizer, max_length=max_length, on_error=on_error)
-        return Batches(
-            data,
-            batch_size=batch_size or self.spec.batch_size or DEFAULT_BATCH_SIZE,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            group_by_length=group_by_length,
-            rank=rank,
-            world_size=world_size,
-            drop_last=drop_last,
-        )
+        size = batch_size or self.spec.batch_size or DEFAULT_BATCH_SIZE
+        return Batches(data, size, order, shard)
 
     # -- head, loss, predictions, metrics -------------------------------------------------
     def build_head(self, hidden_size: int) -> nn.Module:

@@ -57,6 +57,7 @@ from palbert.recipe import (
     load_recipe,
     resolve_data_dir,
 )
+from palbert.tasks.batching import Order, Shard
 from palbert.training.checkpoint import (
     atomic_save_file,
     checkpoint_dir,
@@ -480,14 +481,10 @@ def _batches(recipe, model, tasks, tokenizer, rank, world):
         train_batches[e.name] = task.batches(
             "train",
             tokenizer,
-            batch_size=task.spec.batch_size or t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            max_length=max_length,
-            group_by_length=t.group_by_length,
-            rank=rank,
-            world_size=world,
-            drop_last=world > 1,
+            task.spec.batch_size or t.batch_size,
+            max_length,
+            Order(shuffle=True, seed=t.seed, group_by_length=t.group_by_length),
+            Shard(rank, world, drop_last=world > 1),
             on_error=e.on_error,
         )
         if recipe.eval.split in task.splits():
