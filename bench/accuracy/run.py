@@ -1,0 +1,663 @@
+"""The accuracy table of issue 9: palbert's rows against the methods users pick instead.
+
+::
+
+    python bench/accuracy/run.py ROW [--budget N] [--seed S] [--cfimdb] [--quick]
+    python bench/accuracy/run.py all [--budget N] ...     # every row, each in its own process
+    python bench/accuracy/run.py table                    # the README's markdown table
+    python bench/accuracy/run.py plot [--out PNG]         # dev mean against trainable/task
+    python bench/accuracy/run.py rows                     # each row's settings
+
+Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/bench/base.yaml``).
+Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
+trainable parameters per task, stored parameters for all tasks as a multiple of one encoder,
+optimizer steps, batches and examples seen per task, wall seconds, the exact settings, seed,
+torch version and machine. A row that cannot run writes its reason (``status: failed``).
+
+``--quick`` smoke-tests the harness: the first rows of each data file (copied to
+``bench/accuracy/runs/quick-data``) and results in ``bench/accuracy/results-quick/``.
+Real data: ``--data DIR``, else ``$PALBERT_DATA_DIR``, else ``../shared/data/cs224n``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench.accuracy` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import yaml
+
+from bench.accuracy import report
+from bench.accuracy.rows import (
+    BASE_RECIPE,
+    DEFAULT_BUDGET,
+    OPTIONAL_TASKS,
+    ROOT,
+    ROWS,
+    TASKS,
+    Row,
+    deep_merge,
+    get_row,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+QUICK_RESULTS = HERE / "results-quick"
+RUNS = HERE / "runs"
+ADAPTERS_VENV = HERE / ".venv-adapters"
+TORCH_PIN = "torch==2.13.0"
+QUICK_ROWS = (256, 64)  # train and dev rows per task in --quick
+PEFT_NOTE = (
+    "The encoder is frozen and each task's adapter and head are disjoint from the other "
+    "tasks', so training each task alone on exactly the batches and global steps (learning-"
+    "rate factors) it gets in the multi-task plan equals training them together: parameters "
+    "of tasks absent from a step get no gradient, hence no AdamW update or decay."
+)
+
+
+@dataclass
+class Context:
+    budget: int
+    seed: int
+    tasks: list[str]
+    data_dir: Path
+    results: Path
+    runs: Path
+    quick: bool
+    progress: bool
+
+
+# -- shared pieces ------------------------------------------------------------------------
+
+
+def base_raw(ctx: Context) -> dict[str, Any]:
+    """base.yaml as plain data with the context's tasks, seed, data and output folders."""
+    raw = yaml.safe_load(BASE_RECIPE.read_text())
+    by_name = {(e if isinstance(e, str) else e["name"]): e for e in raw["tasks"]}
+    missing = [t for t in ctx.tasks if t not in by_name]
+    if missing:
+        raise SystemExit(f"{BASE_RECIPE}: no task entry for {', '.join(missing)}")
+    raw["tasks"] = [by_name[t] for t in ctx.tasks]
+    raw["train"]["seed"] = ctx.seed
+    raw["data_dir"] = str(ctx.data_dir)
+    raw["output_dir"] = str(ctx.runs)
+    return raw
+
+
+def task_sizes(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Each task's training rows, batch size and batches per pass (from the data)."""
+    from palbert.backbones import load_tokenizer
+    from palbert.tasks import build_task
+
+    from bench.accuracy.per_task import task_spec
+
+    tokenizer = load_tokenizer(raw["backbone"]["name"])
+    out = {}
+    for e in raw["tasks"]:
+        task = build_task(task_spec(e), data_dir=raw["data_dir"])
+        on_error = "raise" if isinstance(e, str) else e.get("on_error", "raise")
+        max_len = task.spec.max_length or raw["train"]["max_length"]
+        rows = len(task.tokenized("train", tokenizer, max_length=max_len, on_error=on_error))
+        bs = task.spec.batch_size or raw["train"]["batch_size"]
+        out[task.name] = {"rows": rows, "batch_size": bs, "batches": math.ceil(rows / bs)}
+    return out
+
+
+def split(total: int, weights: dict[str, float], minimum: int = 1) -> dict[str, int]:
+    """``total`` split in proportion to ``weights`` (largest remainder), each >= minimum."""
+    s = sum(weights.values())
+    exact = {k: total * w / s for k, w in weights.items()}
+    out = {k: max(minimum, math.floor(v)) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - math.floor(exact[k]), reverse=True):
+        if sum(out.values()) >= total:
+            break
+        out[k] += 1
+    return out
+
+
+def examples_seen(batches: int, rows: int, batch_size: int) -> int:
+    """Rows in the first ``batches`` batches of a stream of shuffled passes (the partial
+    batch is the last of each pass)."""
+    per_pass = math.ceil(rows / batch_size)
+    full, rest = divmod(batches, per_pass)
+    return full * rows + rest * batch_size
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("torch", "transformers", "palbert", "peft", "adapters"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# -- palbert rows -------------------------------------------------------------------------
+
+
+def palbert_raw(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The row's recipe as plain data, with the budget applied (see rows.py)."""
+    raw = deep_merge(base_raw(ctx), row.recipe)
+    raw["name"] = row.name
+    steps = ctx.budget
+    if raw["sampler"].get("per") == "micro_batch":
+        # every step one micro-batch per task; batch sizes in proportion to the tasks' rows
+        t = len(ctx.tasks)
+        steps = max(1, math.ceil(ctx.budget / t))
+        raw["train"]["grad_accum"] = t
+        bs = split(t * raw["train"]["batch_size"], {k: v["rows"] for k, v in sizes.items()})
+        raw["tasks"] = [
+            {**({"name": e} if isinstance(e, str) else e), "batch_size": bs[n]}
+            for e, n in zip(raw["tasks"], ctx.tasks, strict=True)
+        ]
+    if row.annealed_epochs:
+        raw["sampler"]["steps_per_epoch"] = max(1, math.ceil(steps / row.annealed_epochs))
+    raw["train"]["max_steps"] = steps
+    raw["eval"]["every"] = steps
+    return raw
+
+
+def count_batches(run_dir: Path, raw: dict[str, Any]) -> dict[str, int]:
+    """Micro-batches each task trained on, from the run's per-step metrics.jsonl lines."""
+    accum = raw["train"].get("grad_accum", 1)
+    per = raw["sampler"].get("per", "step")
+    counts: dict[str, int] = {}
+    steps = 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") != "train":
+            continue
+        steps += 1
+        names = list(rec["loss"])
+        if per == "step":
+            (task,) = names  # one task per optimizer step
+            counts[task] = counts.get(task, 0) + accum
+        else:  # round-robin over micro-batches with grad_accum = tasks: each task once
+            if len(names) != accum:
+                raise RuntimeError(f"{run_dir}: step {rec['step']} holds tasks {names}")
+            for task in names:
+                counts[task] = counts.get(task, 0) + 1
+    if steps != raw["train"]["max_steps"]:
+        raise RuntimeError(
+            f"{run_dir}/metrics.jsonl has {steps} step records, expected "
+            f"{raw['train']['max_steps']} (train.log_every must be 1)"
+        )
+    return counts
+
+
+def train_palbert(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """One palbert run; its dev scores, parameter report and batches per task."""
+    from palbert.recipe import recipe_from_dict
+    from palbert.training.run import load_run, train
+
+    recipe = recipe_from_dict(raw)
+    t0 = time.perf_counter()
+    run_dir = train(recipe, progress=ctx.progress)
+    wall = time.perf_counter() - t0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model, tasks, _ = load_run(run_dir)
+    return {
+        "run_dir": str(run_dir),
+        "dev": summary["final"]["scores"],
+        "primary": {n: tasks[n].primary_metric for n in tasks},
+        "report": model.parameter_report(),
+        "batches": count_batches(run_dir, raw),
+        "steps": summary["steps"],
+        "train_time_s": summary["time_s"],
+        "wall_s": wall,
+        "recipe": recipe.to_dict(),
+    }
+
+
+def run_palbert_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    raw = palbert_raw(row, ctx, sizes)
+    r = train_palbert(raw, ctx)
+    rep = r["report"]
+    full = raw["train"]["mode"] == "full"
+    bs = {
+        (e if isinstance(e, str) else e["name"]): (
+            e.get("batch_size") if isinstance(e, dict) else None
+        )
+        or raw["train"]["batch_size"]
+        for e in raw["tasks"]
+    }
+    trainable = {
+        t: (rep["backbone"] if full else 0) + rep["tasks"][t]["module"] + rep["tasks"][t]["head"]
+        for t in ctx.tasks
+    }
+    return {
+        "dev": r["dev"],
+        "primary_metric": r["primary"],
+        "params": {
+            "encoder": rep["backbone"],
+            "trainable_per_task": trainable,
+            "module_per_task": {t: rep["tasks"][t]["module"] for t in ctx.tasks},
+            "head_per_task": {t: rep["tasks"][t]["head"] for t in ctx.tasks},
+            "stored": rep["backbone"] + rep["modules"],
+            "stored_with_heads": rep["total"],
+            "stored_multiple": rep["multiple"],
+            "stored_multiple_with_heads": rep["multiple_with_heads"],
+        },
+        "steps": r["steps"],
+        "batches_per_task": r["batches"],
+        "examples_per_task": {
+            t: examples_seen(r["batches"].get(t, 0), sizes[t]["rows"], bs[t]) for t in ctx.tasks
+        },
+        "train_time_s": r["train_time_s"],
+        "runs": [r["run_dir"]],
+        "settings": {"recipe": r["recipe"]},
+    }
+
+
+def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """One full fine-tuning run per task, the budget split by the tasks' batches per pass."""
+    steps = split(ctx.budget, {t: sizes[t]["batches"] for t in ctx.tasks})
+    base = deep_merge(base_raw(ctx), row.recipe)
+    dev, primary, params, batches, runs, recipes = {}, {}, {}, {}, [], {}
+    train_s = 0.0
+    encoder = heads = 0
+    for t in ctx.tasks:
+        raw = deep_merge(base, {})
+        raw["tasks"] = [e for e in base["tasks"] if (e if isinstance(e, str) else e["name"]) == t]
+        raw["name"] = f"{row.name}-{t}"
+        raw["train"]["max_steps"] = steps[t]
+        raw["eval"]["every"] = steps[t]
+        r = train_palbert(raw, ctx)
+        rep = r["report"]
+        dev[t], primary[t] = r["dev"][t], r["primary"][t]
+        encoder = rep["backbone"]
+        head = rep["tasks"][t]["head"]
+        heads += head
+        params[t] = rep["backbone"] + rep["tasks"][t]["module"] + head
+        batches[t] = r["batches"][t]
+        train_s += r["train_time_s"]
+        runs.append(r["run_dir"])
+        recipes[t] = r["recipe"]
+    n = len(ctx.tasks)
+    return {
+        "dev": dev,
+        "primary_metric": primary,
+        "params": {
+            "encoder": encoder,
+            "trainable_per_task": params,
+            "head_per_task": {t: params[t] - encoder for t in ctx.tasks},
+            "stored": n * encoder,
+            "stored_with_heads": n * encoder + heads,
+            "stored_multiple": float(n),
+            "stored_multiple_with_heads": (n * encoder + heads) / encoder,
+        },
+        "steps": sum(steps.values()),
+        "steps_per_task": steps,
+        "batches_per_task": batches,
+        "examples_per_task": {
+            t: examples_seen(batches[t], sizes[t]["rows"], sizes[t]["batch_size"])
+            for t in ctx.tasks
+        },
+        "train_time_s": round(train_s, 1),
+        "runs": runs,
+        "settings": {"recipes": recipes},
+    }
+
+
+# -- per-task adapters from other libraries -----------------------------------------------
+
+
+def task_plan(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> list[str]:
+    """The task of every optimizer step of the multi-task row ``row.plan_from``: palbert's
+    sampler (a pure function of kind, sizes and seed) drawn for the whole budget."""
+    from palbert.training.samplers import TaskSampler
+
+    ref = palbert_raw(get_row(row.plan_from), ctx, sizes)
+    s, tr = ref["sampler"], ref["train"]
+    if s.get("per", "step") != "step":
+        raise SystemExit(f"{row.name}: plan_from {row.plan_from!r} must draw one task per step")
+    names = list(ctx.tasks)
+    batches = [sizes[n]["batches"] for n in names]
+    probe = TaskSampler(
+        s["kind"],
+        batches,
+        tr["seed"],
+        1,
+        policy=s.get("epoch", "sum"),
+        steps_per_epoch=s.get("steps_per_epoch"),
+    )
+    epochs = max(1, math.ceil(tr["max_steps"] / probe.steps_per_epoch))
+    sampler = TaskSampler(
+        s["kind"],
+        batches,
+        tr["seed"],
+        epochs,
+        s.get("alpha"),
+        s.get("temperature", 2.0),
+        s.get("epoch", "sum"),
+        s.get("steps_per_epoch"),
+        tr.get("grad_accum", 1),
+        "step",
+    )
+    plan = []
+    for _ in range(tr["max_steps"]):
+        window = sampler.next_window()
+        plan.append(names[window[0]])
+    return plan
+
+
+def adapters_python() -> Path:
+    return ADAPTERS_VENV / "bin" / "python"
+
+
+def ensure_adapters_venv() -> tuple[bool, str]:
+    """Make bench/accuracy/.venv-adapters with AdapterHub's `adapters` (it pins its own
+    transformers) and palbert; (ok, pip's output tail)."""
+    py = adapters_python()
+    marker = ADAPTERS_VENV / "palbert-bench-ok"
+    if marker.is_file() and py.is_file():
+        return True, marker.read_text()
+    log = []
+    cmds = [
+        [sys.executable, "-m", "venv", str(ADAPTERS_VENV)],
+        [str(py), "-m", "pip", "install", TORCH_PIN, "adapters", "-e", f"{ROOT}[minilm]"],
+    ]
+    for cmd in cmds:
+        print("bench:", " ".join(cmd), file=sys.stderr, flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        log.append(f"$ {' '.join(cmd)}\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
+        if p.returncode != 0:
+            return False, "\n".join(log)[-6000:]
+    check = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import adapters, palbert, transformers; print(adapters.__version__, "
+            "transformers.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        return False, f"import check failed:\n{check.stderr[-4000:]}"
+    marker.write_text(f"adapters, transformers: {check.stdout.strip()}\n")
+    return True, marker.read_text()
+
+
+def run_per_task_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    raw = deep_merge(base_raw(ctx), row.recipe)
+    raw["name"] = row.name
+    plan = task_plan(row, ctx, sizes)
+    raw["train"]["max_steps"] = len(plan)
+    from palbert.recipe import recipe_from_dict
+
+    raw = recipe_from_dict(raw).to_dict()  # validated, every default filled in
+    config = {
+        "recipe": raw,
+        "data_dir": str(ctx.data_dir),
+        "method": row.method,
+        "plan": plan,
+        "progress": ctx.progress,
+    }
+    if row.method["library"] == "peft":
+        from bench.accuracy import per_task
+
+        res = per_task.run(config)
+        env = None
+    else:
+        ok, log = ensure_adapters_venv()
+        if not ok:
+            raise RowFailed(f"could not make {ADAPTERS_VENV} with `adapters`:\n{log}")
+        ctx.runs.mkdir(parents=True, exist_ok=True)
+        cfg_path = ctx.runs / f"{row.name}-config.json"
+        out_path = ctx.runs / f"{row.name}-result.json"
+        cfg_path.write_text(json.dumps(config))
+        out_path.unlink(missing_ok=True)
+        p = subprocess.run(
+            [str(adapters_python()), str(HERE / "per_task.py"), str(cfg_path), str(out_path)],
+            cwd=ROOT,
+            stderr=None if ctx.progress else subprocess.PIPE,
+            text=True,
+        )
+        if p.returncode != 0:
+            raise RowFailed(f"the AdapterHub run failed:\n{(p.stderr or '')[-4000:]}")
+        res = json.loads(out_path.read_text())
+        env = {
+            "venv": str(ADAPTERS_VENV),
+            "torch": res["torch"],
+            "transformers": res["transformers"],
+        }
+    enc = res["encoder_parameters"]
+    per = res["tasks"]
+    adapters_total = sum(v["adapter_parameters"] for v in per.values())
+    heads_total = sum(v["head_parameters"] for v in per.values())
+    return {
+        "dev": {t: per[t]["dev"] for t in ctx.tasks},
+        "primary_metric": {t: per[t]["primary_metric"] for t in ctx.tasks},
+        "params": {
+            "encoder": enc,
+            "trainable_per_task": {
+                t: per[t]["adapter_parameters"] + per[t]["head_parameters"] for t in ctx.tasks
+            },
+            "module_per_task": {t: per[t]["adapter_parameters"] for t in ctx.tasks},
+            "head_per_task": {t: per[t]["head_parameters"] for t in ctx.tasks},
+            "stored": enc + adapters_total,
+            "stored_with_heads": enc + adapters_total + heads_total,
+            "stored_multiple": (enc + adapters_total) / enc,
+            "stored_multiple_with_heads": (enc + adapters_total + heads_total) / enc,
+        },
+        "steps": len(plan),
+        "batches_per_task": {t: per[t]["batches"] for t in ctx.tasks},
+        "examples_per_task": {t: per[t]["examples"] for t in ctx.tasks},
+        "train_time_s": round(sum(per[t]["train_s"] for t in ctx.tasks), 1),
+        "per_task": per,
+        "library_version": res.get("library_version"),
+        "environment": env,
+        "note": PEFT_NOTE,
+        "settings": {
+            "recipe": raw,
+            "method": row.method,
+            "plan_from": row.plan_from,
+            "plan_counts": {t: plan.count(t) for t in ctx.tasks},
+        },
+    }
+
+
+class RowFailed(RuntimeError):
+    """A row could not run; its message goes into the row's JSON."""
+
+
+RUNNERS = {"palbert": run_palbert_row, "separate": run_separate_row, "per_task": run_per_task_row}
+
+
+def run_row(name: str, ctx: Context) -> dict[str, Any]:
+    """Run one row and write its JSON (also when it fails, with the reason)."""
+    import torch
+
+    row = get_row(name)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    head = {
+        "row": row.name,
+        "title": row.title,
+        "tasks": list(ctx.tasks),
+        "budget": {"micro_batches": ctx.budget, "batch_size": base_raw(ctx)["train"]["batch_size"]},
+        "seed": ctx.seed,
+        "quick": ctx.quick,
+        "data_dir": str(ctx.data_dir),
+        "started": started,
+        "machine": machine(),
+        "versions": versions(),
+        "torch": torch.__version__,
+        "row_settings": asdict(row),
+        "command": "python bench/accuracy/run.py " + " ".join(sys.argv[1:]),
+    }
+    t0 = time.perf_counter()
+    path = ctx.results / f"{row.name}.json"
+    try:
+        sizes = task_sizes(base_raw(ctx))
+        body = RUNNERS[row.runner](row, ctx, sizes)
+    except (RowFailed, Exception) as err:  # the JSON says why; the exit code says it failed
+        msg = str(err) if isinstance(err, RowFailed) else traceback.format_exc()
+        result = {
+            **head,
+            "status": "failed",
+            "error": msg,
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
+        write_json(path, result)
+        print(f"bench: row {row.name} FAILED; reason in {path}:\n{msg}", file=sys.stderr)
+        return result
+    prim = {t: body["dev"][t][body["primary_metric"][t]] for t in ctx.tasks}
+    result = {
+        **head,
+        "status": "ok",
+        **body,
+        "dev_primary": prim,
+        "dev_mean": sum(prim.values()) / len(prim),
+        "task_sizes": sizes,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "load_average_at_end": list(os.getloadavg()),
+    }
+    write_json(path, result)
+    print(
+        f"bench: {row.name}: dev {' '.join(f'{t} {v:.4f}' for t, v in prim.items())} "
+        f"mean {result['dev_mean']:.4f} ({result['wall_s']:.0f} s) -> {path}",
+        file=sys.stderr,
+    )
+    return result
+
+
+# -- quick data ---------------------------------------------------------------------------
+
+
+def quick_data(source: Path, dest: Path, n_train: int, n_dev: int) -> Path:
+    """The first rows of each CS224N file (header kept), for smoke tests of the harness."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(source.glob("*.csv")):
+        n = n_train if "-train" in f.name else n_dev
+        with open(f, encoding="utf-8") as src:
+            lines = [line for _, line in zip(range(n + 1), src, strict=False)]
+        target = dest / f.name
+        text = "".join(lines)
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    return dest
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("PALBERT_DATA_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "cs224n"
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bench/accuracy/run.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="rows: " + ", ".join(ROWS),
+    )
+    ap.add_argument("what", help="a row name, 'all', 'table', 'plot' or 'rows'")
+    ap.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help=f"micro-batches of 32 in all (default {DEFAULT_BUDGET}; 6 with --quick)",
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cfimdb", action="store_true", help="add the CFIMDB task")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: the first {QUICK_ROWS[0]} train / {QUICK_ROWS[1]} dev rows",
+    )
+    ap.add_argument("--data", type=Path, default=None, help="the CS224N data folder")
+    ap.add_argument("--results", type=Path, default=None, help="where ROW.json files go")
+    ap.add_argument("--out", type=Path, default=None, help="plot: the PNG to write")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    if args.what == "table":
+        print(report.table(results))
+        return 0
+    if args.what == "plot":
+        out = report.plot(results, args.out or results / "accuracy.png")
+        print(out)
+        return 0
+    if args.what == "rows":
+        print(report.describe_rows())
+        return 0
+    if args.budget is not None and args.budget < 1:
+        raise SystemExit("--budget must be >= 1")
+    data = args.data or default_data_dir()
+    if not data.is_dir():
+        raise SystemExit(f"data folder {data} not found (--data DIR or $PALBERT_DATA_DIR)")
+    runs = RUNS
+    if args.quick:
+        data = quick_data(data, RUNS / "quick-data", *QUICK_ROWS)
+        runs = RUNS / "quick"
+    ctx = Context(
+        budget=args.budget or (6 if args.quick else DEFAULT_BUDGET),
+        seed=args.seed,
+        tasks=list(TASKS) + (list(OPTIONAL_TASKS) if args.cfimdb else []),
+        data_dir=data.resolve(),
+        results=results,
+        runs=runs,
+        quick=args.quick,
+        progress=not args.no_progress,
+    )
+    if args.what == "all":
+        failed = []
+        forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "all"]
+        for name in ROWS:
+            p = subprocess.run([sys.executable, str(Path(__file__).resolve()), name, *forwarded])
+            if p.returncode != 0:
+                failed.append(name)
+        print(report.table(results))
+        if failed:
+            print(f"failed rows: {', '.join(failed)} (reasons in their JSON)", file=sys.stderr)
+        return 1 if failed else 0
+    result = run_row(args.what, ctx)
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
