@@ -99,10 +99,9 @@ def base_raw(ctx: Context) -> dict[str, Any]:
 
 def task_sizes(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Each task's training rows, batch size and batches per pass (from the data)."""
+    from bench.accuracy.per_task import task_spec
     from palbert.backbones import load_tokenizer
     from palbert.tasks import build_task
-
-    from bench.accuracy.per_task import task_spec
 
     tokenizer = load_tokenizer(raw["backbone"]["name"])
     out = {}
@@ -150,6 +149,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children."""
+    import resource
+
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+
+
 def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -194,12 +206,21 @@ def palbert_raw(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dic
     return raw
 
 
-def count_batches(run_dir: Path, raw: dict[str, Any]) -> dict[str, int]:
-    """Micro-batches each task trained on, from the run's per-step metrics.jsonl lines."""
+def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], float]:
+    """Micro-batches each task trained on, from the run's per-step metrics.jsonl lines, and
+    the seconds spent in training steps (each line's rows / examples_per_s; rows taken as
+    the batch sizes, so a pass's last, partial batch counts as full)."""
     accum = raw["train"].get("grad_accum", 1)
     per = raw["sampler"].get("per", "step")
+    sizes = {
+        (e if isinstance(e, str) else e["name"]): (
+            e.get("batch_size") if isinstance(e, dict) else None
+        )
+        or raw["train"]["batch_size"]
+        for e in raw["tasks"]
+    }
     counts: dict[str, int] = {}
-    steps = 0
+    steps, seconds = 0, 0.0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec.get("type") != "train":
@@ -209,17 +230,21 @@ def count_batches(run_dir: Path, raw: dict[str, Any]) -> dict[str, int]:
         if per == "step":
             (task,) = names  # one task per optimizer step
             counts[task] = counts.get(task, 0) + accum
+            rows = accum * sizes[task]
         else:  # round-robin over micro-batches with grad_accum = tasks: each task once
             if len(names) != accum:
                 raise RuntimeError(f"{run_dir}: step {rec['step']} holds tasks {names}")
             for task in names:
                 counts[task] = counts.get(task, 0) + 1
+            rows = sum(sizes[t] for t in names)
+        if rec.get("examples_per_s"):
+            seconds += rows / rec["examples_per_s"]
     if steps != raw["train"]["max_steps"]:
         raise RuntimeError(
             f"{run_dir}/metrics.jsonl has {steps} step records, expected "
             f"{raw['train']['max_steps']} (train.log_every must be 1)"
         )
-    return counts
+    return counts, seconds
 
 
 def train_palbert(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -233,12 +258,14 @@ def train_palbert(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     summary = json.loads((run_dir / "summary.json").read_text())
     model, tasks, _ = load_run(run_dir)
+    batches, step_s = count_batches(run_dir, raw)
     return {
         "run_dir": str(run_dir),
         "dev": summary["final"]["scores"],
         "primary": {n: tasks[n].primary_metric for n in tasks},
         "report": model.parameter_report(),
-        "batches": count_batches(run_dir, raw),
+        "batches": batches,
+        "step_s": step_s,
         "steps": summary["steps"],
         "train_time_s": summary["time_s"],
         "wall_s": wall,
@@ -281,6 +308,8 @@ def run_palbert_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) ->
             t: examples_seen(r["batches"].get(t, 0), sizes[t]["rows"], bs[t]) for t in ctx.tasks
         },
         "train_time_s": r["train_time_s"],
+        "train_step_s": round(r["step_s"], 1),
+        "steps_per_s": r["steps"] / r["step_s"] if r["step_s"] else None,
         "runs": [r["run_dir"]],
         "settings": {"recipe": r["recipe"]},
     }
@@ -291,7 +320,7 @@ def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -
     steps = split(ctx.budget, {t: sizes[t]["batches"] for t in ctx.tasks})
     base = deep_merge(base_raw(ctx), row.recipe)
     dev, primary, params, batches, runs, recipes = {}, {}, {}, {}, [], {}
-    train_s = 0.0
+    train_s = step_s = 0.0
     encoder = heads = 0
     for t in ctx.tasks:
         raw = deep_merge(base, {})
@@ -308,6 +337,7 @@ def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -
         params[t] = rep["backbone"] + rep["tasks"][t]["module"] + head
         batches[t] = r["batches"][t]
         train_s += r["train_time_s"]
+        step_s += r["step_s"]
         runs.append(r["run_dir"])
         recipes[t] = r["recipe"]
     n = len(ctx.tasks)
@@ -331,6 +361,8 @@ def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -
             for t in ctx.tasks
         },
         "train_time_s": round(train_s, 1),
+        "train_step_s": round(step_s, 1),
+        "steps_per_s": sum(steps.values()) / step_s if step_s else None,
         "runs": runs,
         "settings": {"recipes": recipes},
     }
@@ -481,7 +513,9 @@ def run_per_task_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -
         "steps": len(plan),
         "batches_per_task": {t: per[t]["batches"] for t in ctx.tasks},
         "examples_per_task": {t: per[t]["examples"] for t in ctx.tasks},
-        "train_time_s": round(sum(per[t]["train_s"] for t in ctx.tasks), 1),
+        "train_time_s": round(sum(per[t]["train_s"] + per[t]["eval_s"] for t in ctx.tasks), 1),
+        "train_step_s": round(sum(per[t]["train_s"] for t in ctx.tasks), 1),
+        "steps_per_s": len(plan) / max(1e-9, sum(per[t]["train_s"] for t in ctx.tasks)),
         "per_task": per,
         "library_version": res.get("library_version"),
         "environment": env,
@@ -523,7 +557,7 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
         "row_settings": asdict(row),
         "command": "python bench/accuracy/run.py " + " ".join(sys.argv[1:]),
     }
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     path = ctx.results / f"{row.name}.json"
     try:
         sizes = task_sizes(base_raw(ctx))
@@ -548,6 +582,7 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
         "dev_mean": sum(prim.values()) / len(prim),
         "task_sizes": sizes,
         "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
         "load_average_at_end": list(os.getloadavg()),
     }
     write_json(path, result)
@@ -562,14 +597,22 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
 # -- quick data ---------------------------------------------------------------------------
 
 
-def quick_data(source: Path, dest: Path, n_train: int, n_dev: int) -> Path:
-    """The first rows of each CS224N file (header kept), for smoke tests of the harness."""
+def quick_data(source: Path, dest: Path, n_train: int | None, n_dev: int) -> Path:
+    """The first rows of each CS224N file (header kept), for smoke tests of the harness;
+    ``n_train=None`` keeps the whole training files (linked)."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(source.glob("*.csv")):
         n = n_train if "-train" in f.name else n_dev
+        target = dest / f.name
+        if n is None:
+            if not target.is_symlink() or target.resolve() != f.resolve():
+                target.unlink(missing_ok=True)
+                target.symlink_to(f.resolve())
+            continue
+        if target.is_symlink():
+            target.unlink()
         with open(f, encoding="utf-8") as src:
             lines = [line for _, line in zip(range(n + 1), src, strict=False)]
-        target = dest / f.name
         text = "".join(lines)
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")
@@ -605,6 +648,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"smoke test: the first {QUICK_ROWS[0]} train / {QUICK_ROWS[1]} dev rows",
     )
+    ap.add_argument(
+        "--dev-rows",
+        type=int,
+        default=None,
+        help="smoke test on the real training data with only the first N dev rows per task",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data", type=Path, default=None, help="the CS224N data folder")
     ap.add_argument("--results", type=Path, default=None, help="where ROW.json files go")
     ap.add_argument("--out", type=Path, default=None, help="plot: the PNG to write")
@@ -614,7 +664,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    smoke = args.quick or args.dev_rows
+    results = args.results or (QUICK_RESULTS if smoke else RESULTS)
     if args.what == "table":
         print(report.table(results))
         return 0
@@ -634,6 +685,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         data = quick_data(data, RUNS / "quick-data", *QUICK_ROWS)
         runs = RUNS / "quick"
+    elif args.dev_rows:
+        data = quick_data(data, RUNS / f"dev{args.dev_rows}-data", None, args.dev_rows)
+        runs = RUNS / "smoke"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     ctx = Context(
         budget=args.budget or (6 if args.quick else DEFAULT_BUDGET),
         seed=args.seed,
@@ -641,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=data.resolve(),
         results=results,
         runs=runs,
-        quick=args.quick,
+        quick=bool(smoke),
         progress=not args.no_progress,
     )
     if args.what == "all":
