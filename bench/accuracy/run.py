@@ -657,6 +657,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data", type=Path, default=None, help="the CS224N data folder")
     ap.add_argument("--results", type=Path, default=None, help="where ROW.json files go")
+    ap.add_argument(
+        "--runs", type=Path, default=None, help="where run folders go (default bench/accuracy/runs)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="plot: the PNG to write")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -681,13 +684,13 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or default_data_dir()
     if not data.is_dir():
         raise SystemExit(f"data folder {data} not found (--data DIR or $PALBERT_DATA_DIR)")
-    runs = RUNS
+    runs = args.runs or RUNS
     if args.quick:
-        data = quick_data(data, RUNS / "quick-data", *QUICK_ROWS)
-        runs = RUNS / "quick"
+        data = quick_data(data, runs / "quick-data", *QUICK_ROWS)
+        runs = runs / "quick"
     elif args.dev_rows:
-        data = quick_data(data, RUNS / f"dev{args.dev_rows}-data", None, args.dev_rows)
-        runs = RUNS / "smoke"
+        data = quick_data(data, runs / f"dev{args.dev_rows}-data", None, args.dev_rows)
+        runs = runs / "smoke"
     if args.threads:
         import torch
 
