@@ -51,6 +51,7 @@ def table(folder: Path) -> str:
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
+    best = max((r["dev_mean"] for r in results if r["status"] == "ok"), default=None)
     for r in results:
         if r["status"] != "ok":
             reason = r.get("error", "").strip().splitlines()
@@ -64,7 +65,7 @@ def table(folder: Path) -> str:
             cells.append(f"{r['dev_primary'][t]:.3f}" if t in r["dev_primary"] else "-")
         ex = r["examples_per_task"]
         cells += [
-            f"**{r['dev_mean']:.4f}**",
+            f"**{r['dev_mean']:.4f}**" if r["dev_mean"] == best else f"{r['dev_mean']:.4f}",
             millions(mean_trainable(r)),
             f"{r['params']['stored_multiple']:.3f}",
             " / ".join(str(ex.get(t, "-")) for t in tasks),
@@ -79,7 +80,7 @@ def table(folder: Path) -> str:
         f"Tasks {', '.join(tasks)}; budget {first['budget']['micro_batches']} micro-batches of "
         f"{first['budget']['batch_size']} (examples per task in the column above); seed "
         f"{first['seed']}; torch {first['torch']}; {first['machine']['cpus']} CPUs "
-        f"({first['machine']['platform']}). Dev mean: the mean of the tasks' primary metrics. "
+        f"({first['machine']['platform']}). Dev mean: the mean of the tasks' primary metrics (best in bold). "
         "Trainable / task: the mean over tasks of what one task trains (encoder included where "
         "it is fine-tuned); stored: encoder(s) plus all task modules over one encoder, heads "
         "excluded. Settings: bench/accuracy/rows.py and recipes/bench/base.yaml.",
@@ -102,11 +103,15 @@ def plot(folder: Path, out: Path) -> Path:
     if not results:
         raise SystemExit(f"no finished rows in {folder} to plot")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+    for i, r in enumerate(results):
         x, y = mean_trainable(r), r["dev_mean"]
-        ax.scatter([x], [y], s=30)
-        ax.annotate(r["row"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.scatter([x], [y], s=30, marker="o" if r["row"].startswith("pal") else "s")
+        # rows that fine-tune the encoder share an x; stagger their labels
+        ax.annotate(
+            r["row"], (x, y), textcoords="offset points", xytext=(5, 4 - 9 * (i % 3)), fontsize=8
+        )
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.1)
     ax.set_xlabel("trainable parameters per task (log scale)")
     ax.set_ylabel(f"dev mean ({', '.join(results[0]['tasks'])})")
     ax.set_title(
