@@ -66,6 +66,25 @@ def test_shared_rows_see_every_task_each_step_with_the_same_examples(tmp_path):
     assert {k for k in full if full[k] != frozen[k]} == {"name", "train"}
 
 
+def test_all_skips_only_rows_done_with_the_same_budget_seed_and_tasks(tmp_path):
+    ctx = _ctx(tmp_path)
+    path = tmp_path / "pal-full.json"
+    assert not run.done(path, ctx)
+    result = {
+        "status": "ok",
+        "budget": {"micro_batches": 600, "batch_size": 32},
+        "seed": 0,
+        "tasks": ["sst", "quora", "sts"],
+        "data_dir": str(tmp_path),
+    }
+    run.write_json(path, result)
+    assert run.done(path, ctx)
+    for key, value in (("seed", 1), ("status", "failed"), ("tasks", ["sst"])):
+        run.write_json(path, {**result, key: value})
+        assert not run.done(path, ctx), key
+    assert not run.done(path, _ctx(tmp_path, budget=300))
+
+
 @pytest.mark.data
 def test_two_rows_two_steps_json_table_and_plot(data_dir, tmp_path, monkeypatch):
     results, runs = tmp_path / "results", tmp_path / "runs"
@@ -93,6 +112,7 @@ def test_two_rows_two_steps_json_table_and_plot(data_dir, tmp_path, monkeypatch)
         assert r["seed"] == 0 and r["torch"] and r["machine"]["cpus"] >= 1
         assert r["budget"] == {"micro_batches": 2, "batch_size": 32}
         assert r["wall_s"] > 0 and r["quick"] is True
+        assert r["command"] == f"python bench/accuracy/run.py {r['row']} " + " ".join(common)
     # the LoRA row replays the task plan of the multi-task rows: the same batches per task
     assert lora["batches_per_task"] == {
         t: pal["batches_per_task"].get(t, 0) for t in ("sst", "quora", "sts")

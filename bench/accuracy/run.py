@@ -78,6 +78,7 @@ class Context:
     runs: Path
     quick: bool
     progress: bool
+    command: str = ""
 
 
 # -- shared pieces ------------------------------------------------------------------------
@@ -555,14 +556,14 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
         "versions": versions(),
         "torch": torch.__version__,
         "row_settings": asdict(row),
-        "command": "python bench/accuracy/run.py " + " ".join(sys.argv[1:]),
+        "command": ctx.command,
     }
     t0, c0 = time.perf_counter(), cpu_seconds()
     path = ctx.results / f"{row.name}.json"
     try:
         sizes = task_sizes(base_raw(ctx))
         body = RUNNERS[row.runner](row, ctx, sizes)
-    except (RowFailed, Exception) as err:  # the JSON says why; the exit code says it failed
+    except Exception as err:  # the JSON says why; the exit code says it failed
         msg = str(err) if isinstance(err, RowFailed) else traceback.format_exc()
         result = {
             **head,
@@ -592,6 +593,20 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
         file=sys.stderr,
     )
     return result
+
+
+def done(path: Path, ctx: Context) -> bool:
+    """A finished result of the same budget, seed, tasks and data exists at ``path``."""
+    if not path.is_file():
+        return False
+    r = json.loads(path.read_text())
+    return (
+        r.get("status") == "ok"
+        and r.get("budget", {}).get("micro_batches") == ctx.budget
+        and r.get("seed") == ctx.seed
+        and r.get("tasks") == list(ctx.tasks)
+        and r.get("data_dir") == str(ctx.data_dir)
+    )
 
 
 # -- quick data ---------------------------------------------------------------------------
@@ -662,6 +677,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--out", type=Path, default=None, help="plot: the PNG to write")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="all: skip rows whose JSON finished with the same budget, seed and tasks",
+    )
     return ap
 
 
@@ -704,11 +724,20 @@ def main(argv: list[str] | None = None) -> int:
         runs=runs,
         quick=bool(smoke),
         progress=not args.no_progress,
+        command="python bench/accuracy/run.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     if args.what == "all":
         failed = []
-        forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "all"]
+        forwarded = [
+            a
+            for a in (argv if argv is not None else sys.argv[1:])
+            if a not in ("all", "--skip-done")
+        ]
         for name in ROWS:
+            if args.skip_done and done(results / f"{name}.json", ctx):
+                print(f"bench: {name} done already, skipped", file=sys.stderr)
+                continue
             p = subprocess.run([sys.executable, str(Path(__file__).resolve()), name, *forwarded])
             if p.returncode != 0:
                 failed.append(name)
