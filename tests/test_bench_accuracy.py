@@ -46,7 +46,7 @@ def _ctx(tmp_path, budget=600):
     )
 
 
-def test_shared_rows_see_every_task_each_step_with_the_same_examples(tmp_path):
+def test_rows_share_the_budget_per_task(tmp_path):
     sizes = {
         "sst": {"rows": 8044, "batch_size": 32, "batches": 252},
         "quora": {"rows": 15998, "batch_size": 32, "batches": 500},
@@ -56,7 +56,14 @@ def test_shared_rows_see_every_task_each_step_with_the_same_examples(tmp_path):
     assert raw["train"]["grad_accum"] == 3 and raw["train"]["pcgrad"] is True
     assert raw["train"]["max_steps"] == raw["eval"]["every"] == 200
     assert raw["sampler"] == {"kind": "round_robin", "epoch": "sum", "per": "micro_batch"}
-    assert [t["batch_size"] for t in raw["tasks"]] == [26, 52, 18]  # 96 rows, by task size
+    # every task's micro-batches come from the PAL rows' sampler plan (palbert's proportional
+    # draws for seed 0); the shared rows' batch sizes (96 rows a step) follow those shares
+    counts = run.plan_counts(_ctx(tmp_path), sizes)
+    assert sum(counts.values()) == 600
+    for t, n in counts.items():  # proportional: near 600 * batches / 926
+        assert abs(n - 600 * sizes[t]["batches"] / 926) < 0.2 * n
+    bs = [t["batch_size"] for t in raw["tasks"]]
+    assert sum(bs) == 96 and bs == [run.split(96, counts)[t] for t in ("sst", "quora", "sts")]
     annealed = run.palbert_raw(get_row("pal-full-annealed"), _ctx(tmp_path), sizes)
     assert annealed["train"]["max_steps"] == 600 and annealed["sampler"]["steps_per_epoch"] == 200
     # every row starts from the same base: only what rows.py lists differs

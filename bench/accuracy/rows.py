@@ -2,21 +2,23 @@
 
 Every row starts from ``recipes/bench/base.yaml`` (backbone, tasks, heads, batch size,
 max_length, optimizer, schedule, seed) and changes only what is written here. The budget is
-the same for every row: ``budget`` micro-batches of ``train.batch_size`` rows in all, split
-between the tasks by their size (the proportional sampler does this in expectation, the
-other rows exactly), so each task sees about the same examples in every row.
+the same for every row: ``budget`` micro-batches of ``train.batch_size`` rows in all. The
+tasks' shares are the plan of ``PLAN_ROW``: the micro-batches per task that palbert's
+proportional sampler draws (a pure function of the seed and the tasks' sizes), so each task
+sees the same examples in every row (within a few percent for the shared rows).
 
 How each row spends the budget:
 
-- one task per optimizer step (PAL, adapter, low-rank rows): ``budget`` optimizer steps;
+- one task per optimizer step (PAL, adapter, low-rank rows): ``budget`` optimizer steps
+  (the annealed row draws its own shares: that is what annealing changes);
 - ``shared``/``shared-pcgrad``: every step holds one micro-batch of every task (round-robin
   over micro-batches, ``grad_accum`` = number of tasks), the losses summed with equal
-  weights; ``ceil(budget / T)`` steps with per-task batch sizes proportional to task size
-  (summing to ``T * batch_size``), so each task sees the same examples as in the other rows;
-- ``separate``: one run per task, ``budget * N_t / sum N`` steps each (N_t: the task's
-  batches per pass), each with its own schedule;
+  weights; ``ceil(budget / T)`` steps with per-task batch sizes in proportion to the plan's
+  shares (summing to ``T * batch_size``);
+- ``separate``: one run per task, as many steps as the plan gives the task, each run with
+  its own schedule;
 - ``peft-lora``/``adapterhub``: one adapter + head per task trained alone on the frozen
-  encoder, replaying the task's steps of the multi-task plan (see ``per_task.py``).
+  encoder, replaying the task's steps of the plan (see ``per_task.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ OPTIONAL_TASKS = ("cfimdb",)
 # Micro-batches of 32 in all. 600 fits the ten rows in about 2.5 hours on 2 quiet CPU
 # cores (see README/issue 9: measured steps/s in the smoke runs); the quickstart has 460.
 DEFAULT_BUDGET = 600
+# The multi-task row whose task plan sets every row's micro-batches per task.
+PLAN_ROW = "pal-frozen"
 
 
 @dataclass(frozen=True)

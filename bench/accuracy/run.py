@@ -45,6 +45,7 @@ from bench.accuracy.rows import (
     BASE_RECIPE,
     DEFAULT_BUDGET,
     OPTIONAL_TASKS,
+    PLAN_ROW,
     ROOT,
     ROWS,
     TASKS,
@@ -195,7 +196,7 @@ def palbert_raw(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dic
         t = len(ctx.tasks)
         steps = max(1, math.ceil(ctx.budget / t))
         raw["train"]["grad_accum"] = t
-        bs = split(t * raw["train"]["batch_size"], {k: v["rows"] for k, v in sizes.items()})
+        bs = split(t * raw["train"]["batch_size"], plan_counts(ctx, sizes))
         raw["tasks"] = [
             {**({"name": e} if isinstance(e, str) else e), "batch_size": bs[n]}
             for e, n in zip(raw["tasks"], ctx.tasks, strict=True)
@@ -318,7 +319,7 @@ def run_palbert_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) ->
 
 def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
     """One full fine-tuning run per task, the budget split by the tasks' batches per pass."""
-    steps = split(ctx.budget, {t: sizes[t]["batches"] for t in ctx.tasks})
+    steps = {t: max(1, n) for t, n in plan_counts(ctx, sizes).items()}
     base = deep_merge(base_raw(ctx), row.recipe)
     dev, primary, params, batches, runs, recipes = {}, {}, {}, {}, [], {}
     train_s = step_s = 0.0
@@ -372,15 +373,17 @@ def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -
 # -- per-task adapters from other libraries -----------------------------------------------
 
 
-def task_plan(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> list[str]:
-    """The task of every optimizer step of the multi-task row ``row.plan_from``: palbert's
+def task_plan(
+    ctx: Context, sizes: dict[str, dict[str, int]], row_name: str = PLAN_ROW
+) -> list[str]:
+    """The task of every optimizer step of the multi-task row ``row_name``: palbert's
     sampler (a pure function of kind, sizes and seed) drawn for the whole budget."""
     from palbert.training.samplers import TaskSampler
 
-    ref = palbert_raw(get_row(row.plan_from), ctx, sizes)
+    ref = palbert_raw(get_row(row_name), ctx, sizes)
     s, tr = ref["sampler"], ref["train"]
     if s.get("per", "step") != "step":
-        raise SystemExit(f"{row.name}: plan_from {row.plan_from!r} must draw one task per step")
+        raise SystemExit(f"the plan row {row_name!r} must draw one task per optimizer step")
     names = list(ctx.tasks)
     batches = [sizes[n]["batches"] for n in names]
     probe = TaskSampler(
@@ -409,6 +412,12 @@ def task_plan(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> list[
         window = sampler.next_window()
         plan.append(names[window[0]])
     return plan
+
+
+def plan_counts(ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Micro-batches per task in the multi-task plan: the budget of every row's tasks."""
+    plan = task_plan(ctx, sizes)
+    return {t: plan.count(t) for t in ctx.tasks}
 
 
 def adapters_python() -> Path:
@@ -452,7 +461,7 @@ def ensure_adapters_venv() -> tuple[bool, str]:
 def run_per_task_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
     raw = deep_merge(base_raw(ctx), row.recipe)
     raw["name"] = row.name
-    plan = task_plan(row, ctx, sizes)
+    plan = task_plan(ctx, sizes, row.plan_from or PLAN_ROW)
     raw["train"]["max_steps"] = len(plan)
     from palbert.recipe import recipe_from_dict
 
