@@ -92,6 +92,28 @@ def table(folder: Path) -> str:
     return "\n".join(lines + notes)
 
 
+def timing(folder: Path) -> str:
+    """Each row's training time per micro-batch, wall and CPU seconds, and the machine's load
+    (the rows' times compare only when they ran on equally quiet machines)."""
+    lines = [
+        "| row | optimizer steps | micro-batches | train s | s / micro-batch | wall s | CPU s "
+        "| load avg (start, end) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in load_results(folder):
+        if r["status"] != "ok":
+            continue
+        mb = sum(r["batches_per_task"].values())
+        step_s = r.get("train_step_s")
+        per = f"{step_s / mb:.2f}" if step_s and mb else "-"
+        load = (r["machine"]["load_average_at_start"][0], r.get("load_average_at_end", [0])[0])
+        lines.append(
+            f"| `{r['row']}` | {r['steps']} | {mb} | {step_s} | {per} | {r['wall_s']} | "
+            f"{r.get('cpu_s', '-')} | {load[0]:.1f}, {load[1]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(folder: Path, out: Path) -> Path:
     """PNG of dev mean against trainable parameters per task (log scale), one point a row."""
     import matplotlib

@@ -7,6 +7,7 @@
     python bench/accuracy/run.py table                    # the README's markdown table
     python bench/accuracy/run.py plot [--out PNG]         # dev mean against trainable/task
     python bench/accuracy/run.py rows                     # each row's settings
+    python bench/accuracy/run.py timing                   # seconds per micro-batch, load
 
 Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/bench/base.yaml``).
 Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
@@ -658,7 +659,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="rows: " + ", ".join(ROWS),
     )
-    ap.add_argument("what", help="a row name, 'all', 'table', 'plot' or 'rows'")
+    ap.add_argument("what", help="a row name, 'all', 'table', 'plot', 'timing' or 'rows'")
     ap.add_argument(
         "--budget",
         type=int,
@@ -704,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "plot":
         out = report.plot(results, args.out or results / "accuracy.png")
         print(out)
+        return 0
+    if args.what == "timing":
+        print(report.timing(results))
         return 0
     if args.what == "rows":
         print(report.describe_rows())
