@@ -430,7 +430,8 @@ def ensure_adapters_venv() -> tuple[bool, str]:
     transformers) and palbert; (ok, pip's output tail)."""
     py = adapters_python()
     marker = ADAPTERS_VENV / "palbert-bench-ok"
-    if marker.is_file() and py.is_file():
+    # the marker names the checkout palbert was installed from (an editable install)
+    if marker.is_file() and py.is_file() and f"palbert from {ROOT}\n" in marker.read_text():
         return True, marker.read_text()
     log = []
     cmds = [
@@ -455,7 +456,7 @@ def ensure_adapters_venv() -> tuple[bool, str]:
     )
     if check.returncode != 0:
         return False, f"import check failed:\n{check.stderr[-4000:]}"
-    marker.write_text(f"adapters, transformers: {check.stdout.strip()}\n")
+    marker.write_text(f"adapters, transformers: {check.stdout.strip()}\npalbert from {ROOT}\n")
     return True, marker.read_text()
 
 
