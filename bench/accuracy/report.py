@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -124,17 +125,33 @@ def plot(folder: Path, out: Path) -> Path:
     results = [r for r in load_results(folder) if r["status"] == "ok"]
     if not results:
         raise SystemExit(f"no finished rows in {folder} to plot")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, r in enumerate(results):
-        x, y = mean_trainable(r), r["dev_mean"]
-        ax.scatter([x], [y], s=30, marker="o" if r["row"].startswith("pal") else "s")
-        # rows that fine-tune the encoder share an x; stagger their labels
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    points = sorted(((mean_trainable(r), r["dev_mean"], r) for r in results), key=lambda p: p[1])
+    ys = [p[1] for p in points]
+    gap = 0.045 * ((max(ys) - min(ys)) or 0.01)
+    placed: list[tuple[float, float]] = []
+    for x, y, r in points:
+        finetuned = r["params"]["trainable_per_task"] and r["params"]["encoder"] <= min(
+            r["params"]["trainable_per_task"].values()
+        )
+        ax.scatter([x], [y], s=30, marker="s" if finetuned else "o")
+        # rows that fine-tune the encoder share an x: move labels apart vertically
+        ly = y
+        for px, py in placed:
+            if abs(math.log10(x) - math.log10(px)) < 0.3 and abs(ly - py) < gap:
+                ly = py + gap
+        placed.append((x, ly))
         ax.annotate(
-            r["row"], (x, y), textcoords="offset points", xytext=(5, 4 - 9 * (i % 3)), fontsize=8
+            r["row"],
+            (x, y),
+            xytext=(x * 1.12, ly),
+            fontsize=8,
+            va="center",
+            arrowprops={"arrowstyle": "-", "lw": 0.5} if ly != y else None,
         )
     ax.set_xscale("log")
     ax.margins(x=0.25, y=0.1)
-    ax.set_xlabel("trainable parameters per task (log scale)")
+    ax.set_xlabel("trainable parameters per task (log scale; squares: encoder fine-tuned)")
     ax.set_ylabel(f"dev mean ({', '.join(results[0]['tasks'])})")
     ax.set_title(
         f"MiniLM, {results[0]['budget']['micro_batches']} micro-batches of "
