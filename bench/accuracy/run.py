@@ -379,37 +379,30 @@ def task_plan(
 ) -> list[str]:
     """The task of every optimizer step of the multi-task row ``row_name``: palbert's
     sampler (a pure function of kind, sizes and seed) drawn for the whole budget."""
+    import inspect
+
+    from palbert.recipe import recipe_from_dict
     from palbert.training.samplers import TaskSampler
 
-    ref = palbert_raw(get_row(row_name), ctx, sizes)
-    s, tr = ref["sampler"], ref["train"]
-    if s.get("per", "step") != "step":
+    ref = recipe_from_dict(palbert_raw(get_row(row_name), ctx, sizes))
+    s, tr = ref.sampler, ref.train
+    if s.per != "step":
         raise SystemExit(f"the plan row {row_name!r} must draw one task per optimizer step")
     names = list(ctx.tasks)
     batches = [sizes[n]["batches"] for n in names]
-    probe = TaskSampler(
-        s["kind"],
-        batches,
-        tr["seed"],
-        1,
-        policy=s.get("epoch", "sum"),
-        steps_per_epoch=s.get("steps_per_epoch"),
-    )
-    epochs = max(1, math.ceil(tr["max_steps"] / probe.steps_per_epoch))
-    sampler = TaskSampler(
-        s["kind"],
-        batches,
-        tr["seed"],
-        epochs,
-        s.get("alpha"),
-        s.get("temperature", 2.0),
-        s.get("epoch", "sum"),
-        s.get("steps_per_epoch"),
-        tr.get("grad_accum", 1),
-        "step",
-    )
+
+    def make_sampler(epochs: int) -> TaskSampler:
+        if "config" in inspect.signature(TaskSampler).parameters:  # palbert >= the rewrite
+            return TaskSampler(s, batches, seed=tr.seed, epochs=epochs, grad_accum=tr.grad_accum)
+        return TaskSampler(
+            s.kind, batches, tr.seed, epochs, s.alpha, s.temperature, s.epoch,
+            s.steps_per_epoch, tr.grad_accum, s.per,
+        )  # fmt: skip
+
+    # as palbert's run: epochs = the sampler epochs max_steps spans (annealing needs them)
+    sampler = make_sampler(max(1, math.ceil(tr.max_steps / make_sampler(1).steps_per_epoch)))
     plan = []
-    for _ in range(tr["max_steps"]):
+    for _ in range(tr.max_steps):
         window = sampler.next_window()
         plan.append(names[window[0]])
     return plan
