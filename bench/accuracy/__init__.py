@@ -1,0 +1,1 @@
+"""The accuracy table of issue 9 (see run.py)."""

@@ -1,0 +1,162 @@
+"""The rows of the accuracy table and every setting in which they differ, in one place.
+
+Every row starts from ``recipes/bench/base.yaml`` (backbone, tasks, heads, batch size,
+max_length, optimizer, schedule, seed) and changes only what is written here. The budget is
+the same for every row: ``budget`` micro-batches of ``train.batch_size`` rows in all. The
+tasks' shares are the plan of ``PLAN_ROW``: the micro-batches per task that palbert's
+proportional sampler draws (a pure function of the seed and the tasks' sizes), so each task
+sees the same examples in every row (within a few percent for the shared rows).
+
+How each row spends the budget:
+
+- one task per optimizer step (PAL, adapter, low-rank rows): ``budget`` optimizer steps
+  (the annealed row draws its own shares: that is what annealing changes);
+- ``shared``/``shared-pcgrad``: every step holds one micro-batch of every task (round-robin
+  over micro-batches, ``grad_accum`` = number of tasks), the losses summed with equal
+  weights; ``ceil(budget / T)`` steps with per-task batch sizes in proportion to the plan's
+  shares (summing to ``T * batch_size``);
+- ``separate``: one run per task, as many steps as the plan gives the task, each run with
+  its own schedule;
+- ``peft-lora``/``adapterhub``: one adapter + head per task trained alone on the frozen
+  encoder, replaying the task's steps of the plan (see ``per_task.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_RECIPE = ROOT / "recipes" / "bench" / "base.yaml"
+TASKS = ("sst", "quora", "sts")  # + cfimdb with --cfimdb
+OPTIONAL_TASKS = ("cfimdb",)
+
+# Micro-batches of 32 in all. 600 fits the ten rows in about 2.5 hours on 2 quiet CPU
+# cores (see README/issue 9: measured steps/s in the smoke runs); the quickstart has 460.
+DEFAULT_BUDGET = 600
+# The multi-task row whose task plan sets every row's micro-batches per task.
+PLAN_ROW = "pal-frozen"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row: how it runs (``runner``) and its settings on top of the base recipe."""
+
+    name: str
+    runner: str  # "palbert" (one multi-task run), "separate", "per_task" (PEFT / AdapterHub)
+    title: str
+    recipe: dict[str, Any] = field(default_factory=dict)  # deep-merged into base.yaml
+    method: dict[str, Any] = field(default_factory=dict)  # the per-task method's settings
+    plan_from: str | None = None  # per_task rows: the row whose task plan they replay
+    annealed_epochs: int | None = None  # sampler epochs within the budget (annealed rows)
+
+
+ONE_TASK_PER_STEP = {"sampler": {"kind": "proportional", "per": "step"}}
+SHARED = {
+    "module": {"kind": "none"},
+    "train": {"mode": "full"},  # grad_accum and per-task batch sizes set from the budget
+    "sampler": {"kind": "round_robin", "per": "micro_batch"},
+}
+
+ROWS: dict[str, Row] = {
+    r.name: r
+    for r in [
+        Row(
+            "pal-full",
+            "palbert",
+            "palbert PALs, encoder fine-tuned (proportional sampling)",
+            {"module": {"kind": "pal"}, "train": {"mode": "full"}, **ONE_TASK_PER_STEP},
+        ),
+        Row(
+            "pal-full-annealed",
+            "palbert",
+            "palbert PALs, encoder fine-tuned (annealed sampling)",
+            {
+                "module": {"kind": "pal"},
+                "train": {"mode": "full"},
+                "sampler": {"kind": "annealed", "per": "step", "epoch": "fixed"},
+            },
+            # alpha 1.0, 0.6, 0.2 over three equal thirds of the budget (with one epoch the
+            # annealed sampler is the proportional one)
+            annealed_epochs=3,
+        ),
+        Row(
+            "pal-frozen",
+            "palbert",
+            "palbert PALs, frozen encoder",
+            {"module": {"kind": "pal"}, "train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
+        ),
+        Row(
+            "shared",
+            "palbert",
+            "shared encoder + heads, losses summed (equal weights)",
+            SHARED,
+        ),
+        Row(
+            "shared-pcgrad",
+            "palbert",
+            "shared encoder + heads, losses summed, PCGrad",
+            {**SHARED, "train": {"mode": "full", "pcgrad": True}},
+        ),
+        Row(
+            "separate",
+            "separate",
+            "separately fine-tuned models, one per task",
+            {"module": {"kind": "none"}, "train": {"mode": "full"}},
+        ),
+        Row(
+            "peft-lora",
+            "per_task",
+            "Hugging Face PEFT LoRA (r=8, query/value), one adapter per task, frozen encoder",
+            method={
+                "library": "peft",
+                "r": 8,
+                "lora_alpha": 16,
+                "lora_dropout": 0.1,
+                "target_modules": ["query", "value"],
+            },
+            plan_from="pal-frozen",
+        ),
+        Row(
+            "palbert-adapters",
+            "palbert",
+            "palbert Houlsby adapters, frozen encoder",
+            {"module": {"kind": "adapter"}, "train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
+        ),
+        Row(
+            "palbert-low-rank",
+            "palbert",
+            "palbert low-rank layers, frozen encoder",
+            {"module": {"kind": "low_rank"}, "train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
+        ),
+        Row(
+            "adapterhub",
+            "per_task",
+            "AdapterHub `adapters` Houlsby adapters (double_seq_bn), frozen encoder",
+            # the bottleneck of palbert's adapters for MiniLM (round(64 H / 768) = 32,
+            # i.e. reduction factor 384 / 32 = 12), so the two adapter rows differ only by
+            # library; AdapterHub's other Houlsby defaults are kept
+            method={"library": "adapters", "config": "double_seq_bn", "reduction_factor": 12},
+            plan_from="pal-frozen",
+        ),
+    ]
+}
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings merged key by key (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def get_row(name: str) -> Row:
+    if name not in ROWS:
+        raise SystemExit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+    return ROWS[name]

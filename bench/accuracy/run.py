@@ -1,0 +1,760 @@
+"""The accuracy table of issue 9: palbert's rows against the methods users pick instead.
+
+::
+
+    python bench/accuracy/run.py ROW [--budget N] [--seed S] [--cfimdb] [--quick]
+    python bench/accuracy/run.py all [--budget N] ...     # every row, each in its own process
+    python bench/accuracy/run.py table                    # the README's markdown table
+    python bench/accuracy/run.py plot [--out PNG]         # dev mean against trainable/task
+    python bench/accuracy/run.py rows                     # each row's settings
+    python bench/accuracy/run.py timing                   # seconds per micro-batch, load
+
+Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/bench/base.yaml``).
+Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
+trainable parameters per task, stored parameters for all tasks as a multiple of one encoder,
+optimizer steps, batches and examples seen per task, wall seconds, the exact settings, seed,
+torch version and machine. A row that cannot run writes its reason (``status: failed``).
+
+``--quick`` smoke-tests the harness: the first rows of each data file (copied to
+``bench/accuracy/runs/quick-data``) and results in ``bench/accuracy/results-quick/``.
+Real data: ``--data DIR``, else ``$PALBERT_DATA_DIR``, else ``../shared/data/cs224n``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench.accuracy` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import yaml
+
+from bench.accuracy import report
+from bench.accuracy.rows import (
+    BASE_RECIPE,
+    DEFAULT_BUDGET,
+    OPTIONAL_TASKS,
+    PLAN_ROW,
+    ROOT,
+    ROWS,
+    TASKS,
+    Row,
+    deep_merge,
+    get_row,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+QUICK_RESULTS = HERE / "results-quick"
+RUNS = HERE / "runs"
+ADAPTERS_VENV = HERE / ".venv-adapters"
+TORCH_PIN = "torch==2.13.0"
+QUICK_ROWS = (256, 64)  # train and dev rows per task in --quick
+PEFT_NOTE = (
+    "The encoder is frozen and each task's adapter and head are disjoint from the other "
+    "tasks', so training each task alone on exactly the batches and global steps (learning-"
+    "rate factors) it gets in the multi-task plan equals training them together: parameters "
+    "of tasks absent from a step get no gradient, hence no AdamW update or decay."
+)
+
+
+@dataclass
+class Context:
+    budget: int
+    seed: int
+    tasks: list[str]
+    data_dir: Path
+    results: Path
+    runs: Path
+    quick: bool
+    progress: bool
+    command: str = ""
+
+
+# -- shared pieces ------------------------------------------------------------------------
+
+
+def base_raw(ctx: Context) -> dict[str, Any]:
+    """base.yaml as plain data with the context's tasks, seed, data and output folders."""
+    raw = yaml.safe_load(BASE_RECIPE.read_text())
+    by_name = {(e if isinstance(e, str) else e["name"]): e for e in raw["tasks"]}
+    missing = [t for t in ctx.tasks if t not in by_name]
+    if missing:
+        raise SystemExit(f"{BASE_RECIPE}: no task entry for {', '.join(missing)}")
+    raw["tasks"] = [by_name[t] for t in ctx.tasks]
+    raw["train"]["seed"] = ctx.seed
+    raw["data_dir"] = str(ctx.data_dir)
+    raw["output_dir"] = str(ctx.runs)
+    return raw
+
+
+def task_sizes(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Each task's training rows, batch size and batches per pass (from the data)."""
+    from bench.accuracy.per_task import task_spec
+    from palbert.backbones import load_tokenizer
+    from palbert.tasks import build_task
+
+    tokenizer = load_tokenizer(raw["backbone"]["name"])
+    out = {}
+    for e in raw["tasks"]:
+        task = build_task(task_spec(e), data_dir=raw["data_dir"])
+        on_error = "raise" if isinstance(e, str) else e.get("on_error", "raise")
+        max_len = task.spec.max_length or raw["train"]["max_length"]
+        rows = len(task.tokenized("train", tokenizer, max_length=max_len, on_error=on_error))
+        bs = task.spec.batch_size or raw["train"]["batch_size"]
+        out[task.name] = {"rows": rows, "batch_size": bs, "batches": math.ceil(rows / bs)}
+    return out
+
+
+def split(total: int, weights: dict[str, float], minimum: int = 1) -> dict[str, int]:
+    """``total`` split in proportion to ``weights`` (largest remainder), each >= minimum."""
+    s = sum(weights.values())
+    exact = {k: total * w / s for k, w in weights.items()}
+    out = {k: max(minimum, math.floor(v)) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - math.floor(exact[k]), reverse=True):
+        if sum(out.values()) >= total:
+            break
+        out[k] += 1
+    return out
+
+
+def examples_seen(batches: int, rows: int, batch_size: int) -> int:
+    """Rows in the first ``batches`` batches of a stream of shuffled passes (the partial
+    batch is the last of each pass)."""
+    per_pass = math.ceil(rows / batch_size)
+    full, rest = divmod(batches, per_pass)
+    return full * rows + rest * batch_size
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children."""
+    import resource
+
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+    )
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("torch", "transformers", "palbert", "peft", "adapters"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# -- palbert rows -------------------------------------------------------------------------
+
+
+def palbert_raw(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The row's recipe as plain data, with the budget applied (see rows.py)."""
+    raw = deep_merge(base_raw(ctx), row.recipe)
+    raw["name"] = row.name
+    steps = ctx.budget
+    if raw["sampler"].get("per") == "micro_batch":
+        # every step one micro-batch per task; batch sizes in proportion to the tasks' rows
+        t = len(ctx.tasks)
+        steps = max(1, math.ceil(ctx.budget / t))
+        raw["train"]["grad_accum"] = t
+        bs = split(t * raw["train"]["batch_size"], plan_counts(ctx, sizes))
+        raw["tasks"] = [
+            {**({"name": e} if isinstance(e, str) else e), "batch_size": bs[n]}
+            for e, n in zip(raw["tasks"], ctx.tasks, strict=True)
+        ]
+    if row.annealed_epochs:
+        raw["sampler"]["steps_per_epoch"] = max(1, math.ceil(steps / row.annealed_epochs))
+    raw["train"]["max_steps"] = steps
+    raw["eval"]["every"] = steps
+    return raw
+
+
+def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], float]:
+    """Micro-batches each task trained on, from the run's per-step metrics.jsonl lines, and
+    the seconds spent in training steps (each line's rows / examples_per_s; rows taken as
+    the batch sizes, so a pass's last, partial batch counts as full)."""
+    accum = raw["train"].get("grad_accum", 1)
+    per = raw["sampler"].get("per", "step")
+    sizes = {
+        (e if isinstance(e, str) else e["name"]): (
+            e.get("batch_size") if isinstance(e, dict) else None
+        )
+        or raw["train"]["batch_size"]
+        for e in raw["tasks"]
+    }
+    counts: dict[str, int] = {}
+    steps, seconds = 0, 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") != "train":
+            continue
+        steps += 1
+        names = list(rec["loss"])
+        if per == "step":
+            (task,) = names  # one task per optimizer step
+            counts[task] = counts.get(task, 0) + accum
+            rows = accum * sizes[task]
+        else:  # round-robin over micro-batches with grad_accum = tasks: each task once
+            if len(names) != accum:
+                raise RuntimeError(f"{run_dir}: step {rec['step']} holds tasks {names}")
+            for task in names:
+                counts[task] = counts.get(task, 0) + 1
+            rows = sum(sizes[t] for t in names)
+        if rec.get("examples_per_s"):
+            seconds += rows / rec["examples_per_s"]
+    if steps != raw["train"]["max_steps"]:
+        raise RuntimeError(
+            f"{run_dir}/metrics.jsonl has {steps} step records, expected "
+            f"{raw['train']['max_steps']} (train.log_every must be 1)"
+        )
+    return counts, seconds
+
+
+def train_palbert(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """One palbert run; its dev scores, parameter report and batches per task."""
+    from palbert.recipe import recipe_from_dict
+    from palbert.training.run import load_run, train
+
+    recipe = recipe_from_dict(raw)
+    t0 = time.perf_counter()
+    run_dir = train(recipe, progress=ctx.progress)
+    wall = time.perf_counter() - t0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model, tasks, _ = load_run(run_dir)
+    batches, step_s = count_batches(run_dir, raw)
+    return {
+        "run_dir": str(run_dir),
+        "dev": summary["final"]["scores"],
+        "primary": {n: tasks[n].primary_metric for n in tasks},
+        "report": model.parameter_report(),
+        "batches": batches,
+        "step_s": step_s,
+        "steps": summary["steps"],
+        "train_time_s": summary["time_s"],
+        "wall_s": wall,
+        "recipe": recipe.to_dict(),
+    }
+
+
+def run_palbert_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    raw = palbert_raw(row, ctx, sizes)
+    r = train_palbert(raw, ctx)
+    rep = r["report"]
+    full = raw["train"]["mode"] == "full"
+    bs = {
+        (e if isinstance(e, str) else e["name"]): (
+            e.get("batch_size") if isinstance(e, dict) else None
+        )
+        or raw["train"]["batch_size"]
+        for e in raw["tasks"]
+    }
+    trainable = {
+        t: (rep["backbone"] if full else 0) + rep["tasks"][t]["module"] + rep["tasks"][t]["head"]
+        for t in ctx.tasks
+    }
+    return {
+        "dev": r["dev"],
+        "primary_metric": r["primary"],
+        "params": {
+            "encoder": rep["backbone"],
+            "trainable_per_task": trainable,
+            "module_per_task": {t: rep["tasks"][t]["module"] for t in ctx.tasks},
+            "head_per_task": {t: rep["tasks"][t]["head"] for t in ctx.tasks},
+            "stored": rep["backbone"] + rep["modules"],
+            "stored_with_heads": rep["total"],
+            "stored_multiple": rep["multiple"],
+            "stored_multiple_with_heads": rep["multiple_with_heads"],
+        },
+        "steps": r["steps"],
+        "batches_per_task": r["batches"],
+        "examples_per_task": {
+            t: examples_seen(r["batches"].get(t, 0), sizes[t]["rows"], bs[t]) for t in ctx.tasks
+        },
+        "train_time_s": r["train_time_s"],
+        "train_step_s": round(r["step_s"], 1),
+        "steps_per_s": r["steps"] / r["step_s"] if r["step_s"] else None,
+        "runs": [r["run_dir"]],
+        "settings": {"recipe": r["recipe"]},
+    }
+
+
+def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """One full fine-tuning run per task, the budget split by the tasks' batches per pass."""
+    steps = {t: max(1, n) for t, n in plan_counts(ctx, sizes).items()}
+    base = deep_merge(base_raw(ctx), row.recipe)
+    dev, primary, params, batches, runs, recipes = {}, {}, {}, {}, [], {}
+    train_s = step_s = 0.0
+    encoder = heads = 0
+    for t in ctx.tasks:
+        raw = deep_merge(base, {})
+        raw["tasks"] = [e for e in base["tasks"] if (e if isinstance(e, str) else e["name"]) == t]
+        raw["name"] = f"{row.name}-{t}"
+        raw["train"]["max_steps"] = steps[t]
+        raw["eval"]["every"] = steps[t]
+        r = train_palbert(raw, ctx)
+        rep = r["report"]
+        dev[t], primary[t] = r["dev"][t], r["primary"][t]
+        encoder = rep["backbone"]
+        head = rep["tasks"][t]["head"]
+        heads += head
+        params[t] = rep["backbone"] + rep["tasks"][t]["module"] + head
+        batches[t] = r["batches"][t]
+        train_s += r["train_time_s"]
+        step_s += r["step_s"]
+        runs.append(r["run_dir"])
+        recipes[t] = r["recipe"]
+    n = len(ctx.tasks)
+    return {
+        "dev": dev,
+        "primary_metric": primary,
+        "params": {
+            "encoder": encoder,
+            "trainable_per_task": params,
+            "head_per_task": {t: params[t] - encoder for t in ctx.tasks},
+            "stored": n * encoder,
+            "stored_with_heads": n * encoder + heads,
+            "stored_multiple": float(n),
+            "stored_multiple_with_heads": (n * encoder + heads) / encoder,
+        },
+        "steps": sum(steps.values()),
+        "steps_per_task": steps,
+        "batches_per_task": batches,
+        "examples_per_task": {
+            t: examples_seen(batches[t], sizes[t]["rows"], sizes[t]["batch_size"])
+            for t in ctx.tasks
+        },
+        "train_time_s": round(train_s, 1),
+        "train_step_s": round(step_s, 1),
+        "steps_per_s": sum(steps.values()) / step_s if step_s else None,
+        "runs": runs,
+        "settings": {"recipes": recipes},
+    }
+
+
+# -- per-task adapters from other libraries -----------------------------------------------
+
+
+def task_plan(
+    ctx: Context, sizes: dict[str, dict[str, int]], row_name: str = PLAN_ROW
+) -> list[str]:
+    """The task of every optimizer step of the multi-task row ``row_name``: palbert's
+    sampler (a pure function of kind, sizes and seed) drawn for the whole budget."""
+    import inspect
+
+    from palbert.recipe import recipe_from_dict
+    from palbert.training.samplers import TaskSampler
+
+    ref = recipe_from_dict(palbert_raw(get_row(row_name), ctx, sizes))
+    s, tr = ref.sampler, ref.train
+    if s.per != "step":
+        raise SystemExit(f"the plan row {row_name!r} must draw one task per optimizer step")
+    names = list(ctx.tasks)
+    batches = [sizes[n]["batches"] for n in names]
+
+    def make_sampler(epochs: int) -> TaskSampler:
+        if "config" in inspect.signature(TaskSampler).parameters:  # palbert >= the rewrite
+            return TaskSampler(s, batches, seed=tr.seed, epochs=epochs, grad_accum=tr.grad_accum)
+        return TaskSampler(
+            s.kind, batches, tr.seed, epochs, s.alpha, s.temperature, s.epoch,
+            s.steps_per_epoch, tr.grad_accum, s.per,
+        )  # fmt: skip
+
+    # as palbert's run: epochs = the sampler epochs max_steps spans (annealing needs them)
+    sampler = make_sampler(max(1, math.ceil(tr.max_steps / make_sampler(1).steps_per_epoch)))
+    plan = []
+    for _ in range(tr.max_steps):
+        window = sampler.next_window()
+        plan.append(names[window[0]])
+    return plan
+
+
+def plan_counts(ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Micro-batches per task in the multi-task plan: the budget of every row's tasks."""
+    plan = task_plan(ctx, sizes)
+    return {t: plan.count(t) for t in ctx.tasks}
+
+
+def adapters_python() -> Path:
+    return ADAPTERS_VENV / "bin" / "python"
+
+
+def ensure_adapters_venv() -> tuple[bool, str]:
+    """Make bench/accuracy/.venv-adapters with AdapterHub's `adapters` (it pins its own
+    transformers) and palbert; (ok, pip's output tail)."""
+    py = adapters_python()
+    marker = ADAPTERS_VENV / "palbert-bench-ok"
+    # the marker names the checkout palbert was installed from (an editable install)
+    if marker.is_file() and py.is_file() and f"palbert from {ROOT}\n" in marker.read_text():
+        return True, marker.read_text()
+    log = []
+    cmds = [
+        [sys.executable, "-m", "venv", str(ADAPTERS_VENV)],
+        [str(py), "-m", "pip", "install", TORCH_PIN, "adapters", "-e", f"{ROOT}[minilm]"],
+    ]
+    for cmd in cmds:
+        print("bench:", " ".join(cmd), file=sys.stderr, flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        log.append(f"$ {' '.join(cmd)}\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
+        if p.returncode != 0:
+            return False, "\n".join(log)[-6000:]
+    check = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import adapters, palbert, transformers; print(adapters.__version__, "
+            "transformers.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        return False, f"import check failed:\n{check.stderr[-4000:]}"
+    marker.write_text(f"adapters, transformers: {check.stdout.strip()}\npalbert from {ROOT}\n")
+    return True, marker.read_text()
+
+
+def run_per_task_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
+    raw = deep_merge(base_raw(ctx), row.recipe)
+    raw["name"] = row.name
+    plan = task_plan(ctx, sizes, row.plan_from or PLAN_ROW)
+    raw["train"]["max_steps"] = len(plan)
+    from palbert.recipe import recipe_from_dict
+
+    raw = recipe_from_dict(raw).to_dict()  # validated, every default filled in
+    config = {
+        "recipe": raw,
+        "data_dir": str(ctx.data_dir),
+        "method": row.method,
+        "plan": plan,
+        "progress": ctx.progress,
+    }
+    if row.method["library"] == "peft":
+        from bench.accuracy import per_task
+
+        res = per_task.run(config)
+        env = None
+    else:
+        ok, log = ensure_adapters_venv()
+        if not ok:
+            raise RowFailed(f"could not make {ADAPTERS_VENV} with `adapters`:\n{log}")
+        ctx.runs.mkdir(parents=True, exist_ok=True)
+        cfg_path = ctx.runs / f"{row.name}-config.json"
+        out_path = ctx.runs / f"{row.name}-result.json"
+        cfg_path.write_text(json.dumps(config))
+        out_path.unlink(missing_ok=True)
+        p = subprocess.run(
+            [str(adapters_python()), str(HERE / "per_task.py"), str(cfg_path), str(out_path)],
+            cwd=ROOT,
+            stderr=None if ctx.progress else subprocess.PIPE,
+            text=True,
+        )
+        if p.returncode != 0:
+            raise RowFailed(f"the AdapterHub run failed:\n{(p.stderr or '')[-4000:]}")
+        res = json.loads(out_path.read_text())
+        env = {
+            "venv": str(ADAPTERS_VENV),
+            "torch": res["torch"],
+            "transformers": res["transformers"],
+        }
+    enc = res["encoder_parameters"]
+    per = res["tasks"]
+    adapters_total = sum(v["adapter_parameters"] for v in per.values())
+    heads_total = sum(v["head_parameters"] for v in per.values())
+    return {
+        "dev": {t: per[t]["dev"] for t in ctx.tasks},
+        "primary_metric": {t: per[t]["primary_metric"] for t in ctx.tasks},
+        "params": {
+            "encoder": enc,
+            "trainable_per_task": {
+                t: per[t]["adapter_parameters"] + per[t]["head_parameters"] for t in ctx.tasks
+            },
+            "module_per_task": {t: per[t]["adapter_parameters"] for t in ctx.tasks},
+            "head_per_task": {t: per[t]["head_parameters"] for t in ctx.tasks},
+            "stored": enc + adapters_total,
+            "stored_with_heads": enc + adapters_total + heads_total,
+            "stored_multiple": (enc + adapters_total) / enc,
+            "stored_multiple_with_heads": (enc + adapters_total + heads_total) / enc,
+        },
+        "steps": len(plan),
+        "batches_per_task": {t: per[t]["batches"] for t in ctx.tasks},
+        "examples_per_task": {t: per[t]["examples"] for t in ctx.tasks},
+        "train_time_s": round(sum(per[t]["train_s"] + per[t]["eval_s"] for t in ctx.tasks), 1),
+        "train_step_s": round(sum(per[t]["train_s"] for t in ctx.tasks), 1),
+        "steps_per_s": len(plan) / max(1e-9, sum(per[t]["train_s"] for t in ctx.tasks)),
+        "per_task": per,
+        "library_version": res.get("library_version"),
+        "environment": env,
+        "note": PEFT_NOTE,
+        "settings": {
+            "recipe": raw,
+            "method": row.method,
+            "plan_from": row.plan_from,
+            "plan_counts": {t: plan.count(t) for t in ctx.tasks},
+        },
+    }
+
+
+class RowFailed(RuntimeError):
+    """A row could not run; its message goes into the row's JSON."""
+
+
+RUNNERS = {"palbert": run_palbert_row, "separate": run_separate_row, "per_task": run_per_task_row}
+
+
+def run_row(name: str, ctx: Context) -> dict[str, Any]:
+    """Run one row and write its JSON (also when it fails, with the reason)."""
+    import torch
+
+    row = get_row(name)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    head = {
+        "row": row.name,
+        "title": row.title,
+        "tasks": list(ctx.tasks),
+        "budget": {"micro_batches": ctx.budget, "batch_size": base_raw(ctx)["train"]["batch_size"]},
+        "seed": ctx.seed,
+        "quick": ctx.quick,
+        "data_dir": str(ctx.data_dir),
+        "started": started,
+        "machine": machine(),
+        "versions": versions(),
+        "torch": torch.__version__,
+        "row_settings": asdict(row),
+        "command": ctx.command,
+    }
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    path = ctx.results / f"{row.name}.json"
+    try:
+        sizes = task_sizes(base_raw(ctx))
+        body = RUNNERS[row.runner](row, ctx, sizes)
+    except Exception as err:  # the JSON says why; the exit code says it failed
+        msg = str(err) if isinstance(err, RowFailed) else traceback.format_exc()
+        result = {
+            **head,
+            "status": "failed",
+            "error": msg,
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
+        write_json(path, result)
+        print(f"bench: row {row.name} FAILED; reason in {path}:\n{msg}", file=sys.stderr)
+        return result
+    prim = {t: body["dev"][t][body["primary_metric"][t]] for t in ctx.tasks}
+    result = {
+        **head,
+        "status": "ok",
+        **body,
+        "dev_primary": prim,
+        "dev_mean": sum(prim.values()) / len(prim),
+        "task_sizes": sizes,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(cpu_seconds() - c0, 1),
+        "load_average_at_end": list(os.getloadavg()),
+    }
+    write_json(path, result)
+    print(
+        f"bench: {row.name}: dev {' '.join(f'{t} {v:.4f}' for t, v in prim.items())} "
+        f"mean {result['dev_mean']:.4f} ({result['wall_s']:.0f} s) -> {path}",
+        file=sys.stderr,
+    )
+    return result
+
+
+def done(path: Path, ctx: Context) -> bool:
+    """A finished result of the same budget, seed, tasks and data exists at ``path``."""
+    if not path.is_file():
+        return False
+    r = json.loads(path.read_text())
+    return (
+        r.get("status") == "ok"
+        and r.get("budget", {}).get("micro_batches") == ctx.budget
+        and r.get("seed") == ctx.seed
+        and r.get("tasks") == list(ctx.tasks)
+        and r.get("data_dir") == str(ctx.data_dir)
+    )
+
+
+# -- quick data ---------------------------------------------------------------------------
+
+
+def quick_data(source: Path, dest: Path, n_train: int | None, n_dev: int) -> Path:
+    """The first rows of each CS224N file (header kept), for smoke tests of the harness;
+    ``n_train=None`` keeps the whole training files (linked)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(source.glob("*.csv")):
+        n = n_train if "-train" in f.name else n_dev
+        target = dest / f.name
+        if n is None:
+            if not target.is_symlink() or target.resolve() != f.resolve():
+                target.unlink(missing_ok=True)
+                target.symlink_to(f.resolve())
+            continue
+        if target.is_symlink():
+            target.unlink()
+        with open(f, encoding="utf-8") as src:
+            lines = [line for _, line in zip(range(n + 1), src, strict=False)]
+        text = "".join(lines)
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    return dest
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("PALBERT_DATA_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "data" / "cs224n"
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bench/accuracy/run.py",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="rows: " + ", ".join(ROWS),
+    )
+    ap.add_argument("what", help="a row name, 'all', 'table', 'plot', 'timing' or 'rows'")
+    ap.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help=f"micro-batches of 32 in all (default {DEFAULT_BUDGET}; 6 with --quick)",
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cfimdb", action="store_true", help="add the CFIMDB task")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: the first {QUICK_ROWS[0]} train / {QUICK_ROWS[1]} dev rows",
+    )
+    ap.add_argument(
+        "--dev-rows",
+        type=int,
+        default=None,
+        help="smoke test on the real training data with only the first N dev rows per task",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--data", type=Path, default=None, help="the CS224N data folder")
+    ap.add_argument("--results", type=Path, default=None, help="where ROW.json files go")
+    ap.add_argument(
+        "--runs", type=Path, default=None, help="where run folders go (default bench/accuracy/runs)"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="plot: the PNG to write")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="all: skip rows whose JSON finished with the same budget, seed and tasks",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    smoke = args.quick or args.dev_rows
+    results = args.results or (QUICK_RESULTS if smoke else RESULTS)
+    if args.what == "table":
+        print(report.table(results))
+        return 0
+    if args.what == "plot":
+        out = report.plot(results, args.out or results / "accuracy.png")
+        print(out)
+        return 0
+    if args.what == "timing":
+        print(report.timing(results))
+        return 0
+    if args.what == "rows":
+        print(report.describe_rows())
+        return 0
+    if args.budget is not None and args.budget < 1:
+        raise SystemExit("--budget must be >= 1")
+    data = args.data or default_data_dir()
+    if not data.is_dir():
+        raise SystemExit(f"data folder {data} not found (--data DIR or $PALBERT_DATA_DIR)")
+    runs = args.runs or RUNS
+    if args.quick:
+        data = quick_data(data, runs / "quick-data", *QUICK_ROWS)
+        runs = runs / "quick"
+    elif args.dev_rows:
+        data = quick_data(data, runs / f"dev{args.dev_rows}-data", None, args.dev_rows)
+        runs = runs / "smoke"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    ctx = Context(
+        budget=args.budget or (6 if args.quick else DEFAULT_BUDGET),
+        seed=args.seed,
+        tasks=list(TASKS) + (list(OPTIONAL_TASKS) if args.cfimdb else []),
+        data_dir=data.resolve(),
+        results=results,
+        runs=runs,
+        quick=bool(smoke),
+        progress=not args.no_progress,
+        command="python bench/accuracy/run.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
+    if args.what == "all":
+        failed = []
+        forwarded = [
+            a
+            for a in (argv if argv is not None else sys.argv[1:])
+            if a not in ("all", "--skip-done")
+        ]
+        for name in ROWS:
+            if args.skip_done and done(results / f"{name}.json", ctx):
+                print(f"bench: {name} done already, skipped", file=sys.stderr)
+                continue
+            p = subprocess.run([sys.executable, str(Path(__file__).resolve()), name, *forwarded])
+            if p.returncode != 0:
+                failed.append(name)
+        print(report.table(results))
+        if failed:
+            print(f"failed rows: {', '.join(failed)} (reasons in their JSON)", file=sys.stderr)
+        return 1 if failed else 0
+    result = run_row(args.what, ctx)
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
