@@ -26,7 +26,6 @@ Runs in-process (PEFT) or as a script inside the AdapterHub virtual environment:
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -34,20 +33,8 @@ from typing import Any
 
 import torch
 
-
-def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
-    """Linear warmup over ``warmup`` steps, then linear/cosine decay to 0 at ``total`` (or
-    constant): the schedule palbert's recipes describe (``schedule:`` section)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if decay == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if decay == "linear":
-        return max(0.0, 1.0 - progress)
-    if decay == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"schedule.decay must be linear, cosine or constant, not {decay!r}")
+from palbert.tasks.batching import Order
+from palbert.training.loop import lr_factor
 
 
 def task_spec(entry: dict[str, Any] | str) -> dict[str, Any] | str:
@@ -211,19 +198,13 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         max_len = task.spec.max_length or tr["max_length"]
         bs = task.spec.batch_size or tr["batch_size"]
         loader = task.batches(
-            "train",
-            tokenizer,
-            batch_size=bs,
-            shuffle=True,
-            seed=seed,
-            max_length=max_len,
-            on_error=on_error,
+            "train", tokenizer, bs, max_len, Order(shuffle=True, seed=seed), on_error=on_error
         )
         dev = task.batches(
             recipe["eval"].get("split", "dev"),
             tokenizer,
-            batch_size=tr["eval_batch_size"],
-            max_length=max_len,
+            tr["eval_batch_size"],
+            max_len,
             on_error=on_error,
         )
         ad.use(n)

@@ -379,7 +379,6 @@ def task_plan(
 ) -> list[str]:
     """The task of every optimizer step of the multi-task row ``row_name``: palbert's
     sampler (a pure function of kind, sizes and seed) drawn for the whole budget."""
-    import inspect
 
     from palbert.recipe import recipe_from_dict
     from palbert.training.samplers import TaskSampler
@@ -392,12 +391,7 @@ def task_plan(
     batches = [sizes[n]["batches"] for n in names]
 
     def make_sampler(epochs: int) -> TaskSampler:
-        if "config" in inspect.signature(TaskSampler).parameters:  # palbert >= the rewrite
-            return TaskSampler(s, batches, seed=tr.seed, epochs=epochs, grad_accum=tr.grad_accum)
-        return TaskSampler(
-            s.kind, batches, tr.seed, epochs, s.alpha, s.temperature, s.epoch,
-            s.steps_per_epoch, tr.grad_accum, s.per,
-        )  # fmt: skip
+        return TaskSampler(s, batches, seed=tr.seed, epochs=epochs, grad_accum=tr.grad_accum)
 
     # as palbert's run: epochs = the sampler epochs max_steps spans (annealing needs them)
     sampler = make_sampler(max(1, math.ceil(tr.max_steps / make_sampler(1).steps_per_epoch)))
