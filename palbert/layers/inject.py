@@ -11,14 +11,14 @@ Both backbones share transformers' layer structure, so one mechanism serves both
 
 A :class:`Route` says, for one forward, which task's module runs on which rows: one task for
 the whole batch, or ``task_ids`` (one index per example) for mixed batches. The route belongs
-to the call, not to the model: :meth:`Router.routing` keeps it in a context variable, so
-threads (each with its own context) can run forwards through one model at the same time.
+to the call, not to the model: :meth:`Router.routing` keeps it in a thread-local slot, so
+threads can run forwards through one model at the same time (and torch.compile traces it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -76,26 +76,23 @@ class Router:
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = modules  # task name -> PAL / LowRank / Adapter (absent: no module)
-        # One variable per model; each thread (and each asyncio task) sees its own value.
-        self._route: contextvars.ContextVar[Route | None] = contextvars.ContextVar(
-            f"palbert_route_{id(self)}", default=None
-        )
+        self._local = threading.local()  # .route: the route of this thread's forward
         self.checkpointing = False
         self.handles: list = []
 
     @property
     def current(self) -> Route | None:
         """The route of the forward running in this thread, or None outside one."""
-        return self._route.get()
+        return getattr(self._local, "route", None)
 
     @contextlib.contextmanager
     def routing(self, route: Route) -> Iterator[None]:
         """Run the forwards inside the block with ``route`` (restored afterwards)."""
-        token = self._route.set(route)
+        previous, self._local.route = self.current, route
         try:
             yield
         finally:
-            self._route.reset(token)
+            self._local.route = previous
 
     def _method(self, task: str, method: str):
         module = self.modules[task] if task in self.modules else None
@@ -140,18 +137,18 @@ class Router:
         original = layer.forward
 
         def forward(hidden_states, *args, **kwargs):
-            route = self._route.get()
+            route = self.current
 
             def run(h, *a):
                 # set again here: checkpointing recomputes this in the backward pass, outside
                 # the routing block (and, on GPUs, in autograd's own thread)
-                token = self._route.set(route)
+                previous, self._local.route = self.current, route
                 try:
                     if route is not None:
                         route.h[l] = h
                     return original(h, *a, **kwargs)
                 finally:
-                    self._route.reset(token)
+                    self._local.route = previous
 
             if self.checkpointing and layer.training and torch.is_grad_enabled():
                 return checkpoint(run, hidden_states, *args, use_reentrant=False)
@@ -162,7 +159,7 @@ class Router:
     def _residual_hook(self, l: int):
         def hook(module, args):
             inner, a = args
-            route = self._route.get()
+            route = self.current
             if route is None or l not in route.h:
                 return None
             a_ts = self.term("residual", l, route.h[l], a, route)
@@ -172,7 +169,7 @@ class Router:
 
     def _adapter_hook(self, l: int, method: str):
         def hook(module, args, out):
-            route = self._route.get()
+            route = self.current
             return None if route is None else self.term(method, l, out, out, route)
 
         return hook
