@@ -118,3 +118,13 @@ def test_linear_add_is_base_plus_linear():
     lin = nn.Linear(5, 7)
     base, y = torch.randn(2, 3, 7), torch.randn(2, 3, 5)
     torch.testing.assert_close(pal.linear_add(base, y, lin), base + lin(y), rtol=0, atol=1e-6)
+
+
+def test_linear_add_keeps_the_residual_in_float32_under_autocast():
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 7)
+    base, y = torch.randn(2, 3, 7), torch.randn(2, 3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = pal.linear_add(base, y, lin), base + lin(y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -59,8 +59,11 @@ def linear_add(base: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> torch.
     """``base + linear(y)`` as one GEMM that accumulates onto ``base``.
 
     The bias rides along as one more input column of ones, so neither the bias nor the
-    sum makes a pass of its own over the (B, T, H) output.
+    sum makes a pass of its own over the (B, T, H) output. Under autocast the GEMM would run
+    in half precision and round ``base`` (the residual stream) with it, so there it is not fused.
     """
+    if torch.is_autocast_enabled(base.device.type):
+        return base + linear(y)
     W = torch.cat([linear.weight, linear.bias[:, None]], dim=1)  # (H, d + 1)
     y1 = torch.cat([y, y.new_ones(*y.shape[:-1], 1)], dim=-1)  # (..., d + 1)
     out = torch.addmm(base.reshape(-1, base.shape[-1]), y1.reshape(-1, y1.shape[-1]), W.t())
