@@ -56,13 +56,15 @@ def sdpa_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def linear_add(base: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``base + linear(y)`` as one GEMM that accumulates onto ``base``.
+    """``base + linear(y)``; on CPU as one GEMM that accumulates onto ``base``.
 
-    The bias rides along as one more input column of ones, so neither the bias nor the
-    sum makes a pass of its own over the (B, T, H) output. Under autocast the GEMM would run
-    in half precision and round ``base`` (the residual stream) with it, so there it is not fused.
+    The bias rides along as one more input column of ones, so neither the bias nor the sum
+    makes a pass of its own over the (B, T, H) output: on CPU such passes cost as much as the
+    small GEMM itself. GPUs add the bias inside the GEMM and are bound by kernel launches at
+    these sizes, where the extra concatenations would cost more than the pass they save.
+    Under autocast the GEMM would round ``base`` (the residual stream) to half precision.
     """
-    if torch.is_autocast_enabled(base.device.type):
+    if base.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return base + linear(y)
     W = torch.cat([linear.weight, linear.bias[:, None]], dim=1)  # (H, d + 1)
     y1 = torch.cat([y, y.new_ones(*y.shape[:-1], 1)], dim=-1)  # (..., d + 1)
