@@ -113,3 +113,27 @@ def test_bad_configs_are_refused_with_the_key():
         ModuleConfig(kind="pal", size=100, heads=6).resolved(768)
     with pytest.raises(ValueError, match=r"unknown key module\.knd; did you mean .module\.kind"):
         ModuleConfig.from_dict({"knd": "pal"})
+
+
+def test_route_builds_the_mask_once_and_slices_for_contiguous_tasks():
+    from palbert.layers import Route
+
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    names = ["a", "b", "c"]
+    route = Route.of(mask, task_ids=torch.tensor([1, 1, 0, 2]), names=names)
+    assert route.mask.shape == (4, 1, 1, 3) and route.mask.dtype == torch.bool
+    assert route.contiguous
+    assert [(n, r) for n, r, _ in route.groups] == [
+        ("b", slice(0, 2)),
+        ("a", slice(2, 3)),
+        ("c", slice(3, 4)),
+    ]
+    assert torch.equal(route.groups[0][2], route.mask[0:2])
+    scattered = Route.of(mask, task_ids=torch.tensor([1, 0, 1, 2]), names=names)
+    assert not scattered.contiguous
+    assert [(n, r.tolist()) for n, r, _ in scattered.groups] == [
+        ("b", [0, 2]),  # in order of first row
+        ("a", [1]),
+        ("c", [3]),
+    ]
+    assert Route.of(torch.ones(2, 3, dtype=torch.long), task="a").mask is None  # fast path

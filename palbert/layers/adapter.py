@@ -11,7 +11,7 @@ from torch import nn
 
 from palbert.activations import activation as make_activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import reset_parameters
+from palbert.layers.pal import linear_add, reset_parameters
 
 
 class Bottleneck(nn.Module):
@@ -21,8 +21,10 @@ class Bottleneck(nn.Module):
         self.up = nn.Linear(m, hidden_size)
         self.act = make_activation(activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x)))  # the caller adds x
+    def forward(self, x: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """W_up g(W_down x), added to ``base`` in the same GEMM when given."""
+        g = self.act(self.down(x))
+        return self.up(g) if base is None else linear_add(base, g, self.up)
 
 
 class Adapter(nn.Module):
@@ -38,10 +40,14 @@ class Adapter(nn.Module):
         ups = [b.up for b in [*self.attention.values(), *self.ffn.values()]]
         reset_parameters(self, config.init, outputs=ups)
 
-    def attention_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor | None):
-        """The adapter's addition to the attention output projection's result x."""
-        return self.attention[str(layer)](x) if layer in self.layer_ids else None
+    def attention_bottleneck(
+        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None, base=None
+    ) -> torch.Tensor | None:
+        """The adapter's addition to the attention output projection's result x (plus base)."""
+        return self.attention[str(layer)](x, base) if layer in self.layer_ids else None
 
-    def ffn_bottleneck(self, layer: int, x: torch.Tensor, mask: torch.Tensor | None):
-        """The adapter's addition to the feed-forward output projection's result x."""
-        return self.ffn[str(layer)](x) if layer in self.layer_ids else None
+    def ffn_bottleneck(
+        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None, base=None
+    ) -> torch.Tensor | None:
+        """The adapter's addition to the feed-forward output projection's result x (plus base)."""
+        return self.ffn[str(layer)](x, base) if layer in self.layer_ids else None

@@ -10,12 +10,15 @@ Both backbones share transformers' layer structure, so one mechanism serves both
 - forward hooks on the two output projections add the bottleneck adapters' terms.
 
 A :class:`Route` says, for one forward, which task's module runs on which rows: one task for
-the whole batch, or ``task_ids`` (one index per example) for mixed batches.
+the whole batch, or ``task_ids`` (one index per example) for mixed batches. The route belongs
+to the call, not to the model: :meth:`Router.routing` keeps it in a thread-local slot, so
+threads can run forwards through one model at the same time (and torch.compile traces it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -23,14 +26,20 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from palbert.layers.pal import sdpa_mask
+
+Rows = slice | torch.Tensor  # a contiguous run of rows (a view, no copy) or their indices
+
 
 @dataclass
 class Route:
     """Which task module each example of the current forward goes through."""
 
-    mask: torch.Tensor | None  # (batch, seq) padding mask; None when nothing is padded
+    mask: torch.Tensor | None  # (batch, 1, 1, seq) SDPA mask, built once; None: nothing padded
     task: str | None = None  # one task for the whole batch ...
-    groups: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # ... or (task, rows)
+    # ... or (task, rows, the rows' mask) per task; slices in batch order when every task's
+    # rows are contiguous (as the trainer's mixed batches are), index tensors otherwise
+    groups: list[tuple[str, Rows, torch.Tensor | None]] = field(default_factory=list)
     h: dict[int, torch.Tensor] = field(default_factory=dict)  # each layer's input
 
     @classmethod
@@ -42,53 +51,76 @@ class Route:
         names: list[str] | None = None,
     ) -> Route:
         # One check per forward (not per layer): no mask lets SDPA take its fast path.
-        mask = None if bool(mask.all()) else mask
+        mask = None if bool(mask.all()) else sdpa_mask(mask)
         if task_ids is None:
             return cls(mask=mask, task=task)
-        groups = []
+        found = []
         for i in torch.unique(task_ids).tolist():
-            groups.append((names[i], (task_ids == i).nonzero(as_tuple=True)[0]))
+            idx = (task_ids == i).nonzero(as_tuple=True)[0]
+            first, last = idx[0].item(), idx[-1].item()
+            found.append((names[i], idx, first, last))
+        contiguous = all(last - first + 1 == len(idx) for _, idx, first, last in found)
+        groups = []
+        for name, idx, first, last in sorted(found, key=lambda g: g[2]):
+            rows = slice(first, last + 1) if contiguous else idx
+            groups.append((name, rows, None if mask is None else mask[rows]))
         return cls(mask=mask, groups=groups)
+
+    @property
+    def contiguous(self) -> bool:
+        return bool(self.groups) and isinstance(self.groups[0][1], slice)
 
 
 class Router:
-    """Owns the hooks of one model and the route of the forward in progress."""
+    """Owns the hooks of one model; the route of each forward lives in that call's context."""
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = modules  # task name -> PAL / LowRank / Adapter (absent: no module)
-        self.current: Route | None = None
+        self._local = threading.local()  # .route: the route of this thread's forward
         self.checkpointing = False
         self.handles: list = []
+
+    @property
+    def current(self) -> Route | None:
+        """The route of the forward running in this thread, or None outside one."""
+        return getattr(self._local, "route", None)
 
     @contextlib.contextmanager
     def routing(self, route: Route) -> Iterator[None]:
         """Run the forwards inside the block with ``route`` (restored afterwards)."""
-        previous, self.current = self.current, route
+        previous, self._local.route = self.current, route
         try:
             yield
         finally:
-            self.current = previous
+            self._local.route = previous
+
+    def _method(self, task: str, method: str):
+        module = self.modules[task] if task in self.modules else None
+        return getattr(module, method, None)
 
     def term(
-        self, method: str, layer: int, x: torch.Tensor, mask: torch.Tensor | None
+        self, method: str, layer: int, x: torch.Tensor, base: torch.Tensor, route: Route
     ) -> torch.Tensor | None:
-        """The summed contribution of the routed task modules, or None if there is none."""
-        route = self.current
-        if route is None:
-            return None
+        """``base`` plus the routed task modules' contribution computed from ``x``, or None
+        if no module contributes (the caller then keeps ``base`` as it is)."""
         if route.task is not None:
-            module = self.modules[route.task] if route.task in self.modules else None
-            fn = getattr(module, method, None)
-            return None if fn is None else fn(layer, x, mask)
+            fn = self._method(route.task, method)
+            return None if fn is None else fn(layer, x, route.mask, base)
+        if route.contiguous:
+            # every task's rows are one slice: views in, one concatenation out
+            pieces, added = [], False
+            for name, rows, mask in route.groups:
+                fn = self._method(name, method)
+                out = None if fn is None else fn(layer, x[rows], mask, base[rows])
+                added |= out is not None
+                pieces.append(base[rows] if out is None else out)
+            return torch.cat(pieces) if added else None
         out = None
-        for name, rows in route.groups:
-            fn = getattr(self.modules[name] if name in self.modules else None, method, None)
-            if fn is None:
-                continue
-            t = fn(layer, x[rows], None if mask is None else mask[rows])
-            if t is None:
-                continue
-            out = (x.new_zeros(x.shape) if out is None else out).index_add(0, rows, t)
+        for name, rows, mask in route.groups:
+            fn = self._method(name, method)
+            t = None if fn is None else fn(layer, x[rows], mask)
+            if t is not None:  # the first sum copies base; later ones add in place
+                out = base.index_add(0, rows, t) if out is None else out.index_add_(0, rows, t)
         return out
 
     def inject(self, layers: list[nn.Module]) -> None:
@@ -108,13 +140,15 @@ class Router:
             route = self.current
 
             def run(h, *a):
-                previous, self.current = self.current, route
+                # set again here: checkpointing recomputes this in the backward pass, outside
+                # the routing block (and, on GPUs, in autograd's own thread)
+                previous, self._local.route = self.current, route
                 try:
                     if route is not None:
                         route.h[l] = h
                     return original(h, *a, **kwargs)
                 finally:
-                    self.current = previous
+                    self._local.route = previous
 
             if self.checkpointing and layer.training and torch.is_grad_enabled():
                 return checkpoint(run, hidden_states, *args, use_reentrant=False)
@@ -128,15 +162,14 @@ class Router:
             route = self.current
             if route is None or l not in route.h:
                 return None
-            ts = self.term("residual", l, route.h[l], route.mask)
-            return None if ts is None else (inner, a + ts)
+            a_ts = self.term("residual", l, route.h[l], a, route)
+            return None if a_ts is None else (inner, a_ts)
 
         return hook
 
     def _adapter_hook(self, l: int, method: str):
         def hook(module, args, out):
             route = self.current
-            add = None if route is None else self.term(method, l, out, route.mask)
-            return None if add is None else out + add
+            return None if route is None else self.term(method, l, out, out, route)
 
         return hook

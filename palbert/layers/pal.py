@@ -31,17 +31,44 @@ class LowDimAttention(nn.Module):
         self.value = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask``: (B, T) with 1 for real tokens, its :func:`sdpa_mask`, or None (no padding)."""
         B, T, d = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, heads, T, d/heads)
-            return t.view(B, T, self.heads, d // self.heads).transpose(1, 2)
-
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        # mask: (B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend";
+        # Q, K and V in one GEMM: three small d x d matmuls run far below a big one's speed.
+        # The weights stay three Linears (the state-dict keys and the optimizer's parameters).
+        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        # (B, T, 3d) -> three (B, heads, T, d/heads) views; SDPA takes them as they are
+        q, k, v = F.linear(x, w, b).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if mask is not None and mask.dim() == 2:
+            mask = sdpa_mask(mask)
         # None (nothing padded, decided once per forward by the Route) is SDPA's fast path.
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.transpose(1, 2).reshape(B, T, d)
+
+
+def sdpa_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend" for SDPA.
+
+    The Route builds it once per forward; every layer's PAL reuses it.
+    """
+    return mask[:, None, None, :].bool()
+
+
+def linear_add(base: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``base + linear(y)``; on CPU as one GEMM that accumulates onto ``base``.
+
+    The bias rides along as one more input column of ones, so neither the bias nor the sum
+    makes a pass of its own over the (B, T, H) output: on CPU such passes cost as much as the
+    small GEMM itself. GPUs add the bias inside the GEMM and are bound by kernel launches at
+    these sizes, where the extra concatenations would cost more than the pass they save.
+    Under autocast the GEMM would round ``base`` (the residual stream) to half precision.
+    """
+    if base.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return base + linear(y)
+    W = torch.cat([linear.weight, linear.bias[:, None]], dim=1)  # (H, d + 1)
+    y1 = torch.cat([y, y.new_ones(*y.shape[:-1], 1)], dim=-1)  # (..., d + 1)
+    out = torch.addmm(base.reshape(-1, base.shape[-1]), y1.reshape(-1, y1.shape[-1]), W.t())
+    return out.view(base.shape)
 
 
 class PAL(nn.Module):
@@ -83,15 +110,24 @@ class PAL(nn.Module):
         self.active = set(sorted(self.layer_ids)[-n:]) if n > 0 else set()
 
     def residual(
-        self, layer: int, h: torch.Tensor, mask: torch.Tensor | None
+        self,
+        layer: int,
+        h: torch.Tensor,
+        mask: torch.Tensor | None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """TS(h) for this layer, or None where no PAL is active."""
+        """TS(h) for this layer (``base + TS(h)`` if ``base`` is given), or None where no PAL
+        is active. ``mask`` as in :meth:`LowDimAttention.forward`."""
         if layer not in self.active:
             return None
         key = str(layer)
         V_E = self.V_E if self.config.shared else self.V_E[key]
         V_D = self.V_D if self.config.shared else self.V_D[key]
-        return self.act(V_D(self.attn[key](V_E(h), mask)))
+        y = self.attn[key](V_E(h), mask)
+        if base is not None and isinstance(self.act, nn.Identity):
+            return linear_add(base, y, V_D)
+        ts = self.act(V_D(y))
+        return ts if base is None else base + ts
 
 
 def reset_parameters(module: nn.Module, init: str, outputs: list[nn.Linear]) -> None:
