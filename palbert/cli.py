@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except BackboneError as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, a file that vanished
+        where = f": {e.filename}" if e.filename else ""
+        print(f"palbert {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -371,3 +371,17 @@ def test_trained_run_end_to_end(tmp_path, data, capsys):
     for name in model.tasks:
         fresh.load_task(files / f"{name}.safetensors")
         assert fresh.predict(name, inputs(name)) == model.predict(name, inputs(name))
+
+
+def test_a_full_disk_is_one_line(frozen_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    run, _ = frozen_run
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("palbert.taskfile.atomic_write_bytes", full)
+    assert main(["export", str(run), "--task", "all", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and str(tmp_path) in err
