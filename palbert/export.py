@@ -99,7 +99,7 @@ def trained_backbone(run_dir: str | Path) -> bool:
     try:
         _, header = read_header(path)
     except IntegrityError as e:
-        raise ExportError(f"cannot read {path}: {e}") from None
+        raise ExportError(str(e)) from None
     return any(k.startswith("backbone.") for k in header if k != "__metadata__")
 
 

@@ -335,7 +335,7 @@ def test_every_rename_follows_an_fsync_of_what_it_moves(tiny_setup, tmp_path, mo
         return fsync(fd)
 
     def my_replace(src, dst):
-        events.append(("replace", Path(src)))
+        events.append(("replace", Path(os.path.realpath(src))))
         return replace(src, dst)
 
     monkeypatch.setattr(os, "fsync", my_fsync)
@@ -356,3 +356,29 @@ def test_every_rename_follows_an_fsync_of_what_it_moves(tiny_setup, tmp_path, mo
             assert {"weights.safetensors", "state.safetensors", "state.json"} <= {
                 p.name for p in before if p.parent == src
             }
+
+
+def test_a_token_cache_file_is_fsynced_before_its_rename(tmp_path, monkeypatch):
+    import os
+
+    import numpy as np
+
+    from palbert.tasks.batching import Segments, TokenizedSplit, load_tokenized, save_tokenized
+
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), fsync(fd)),
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (events.append(("replace", os.path.realpath(a))), replace(a, b))
+    )
+    ids = np.array([2, 9, 3, 2, 3], dtype=np.int32)
+    data = TokenizedSplit(ids=["x", "y"], a=Segments(ids, np.array([0, 3, 5])), pad_id=0)
+    path = tmp_path / "cache" / "k.npz"
+    save_tokenized(path, data)
+    (i,) = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert ("fsync", events[i][1]) in events[:i]
+    assert load_tokenized(path).ids == ["x", "y"] and os.listdir(path.parent) == ["k.npz"]

@@ -19,6 +19,9 @@ The run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/``::
     COMPLETE           empty, written last when the run finished
     lock               the process id of the process training the run (locked while it does)
 
+Every ``.safetensors`` file of the folder carries a hash in its header, checked whenever it
+is read (:mod:`palbert.integrity`): a damaged file is refused, never loaded.
+
 best.safetensors' metadata and last/state.json record the position of the progressive PAL
 schedule (``progress_step``, ``progress_epoch``: the step and epoch the saved weights last
 trained under); :func:`load_run` restores it with ``model.set_progress``.
