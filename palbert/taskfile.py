@@ -150,7 +150,8 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
                 f"{where} uses task-file format {version}, newer than this palbert reads "
                 f"({FORMAT_VERSION}); upgrade palbert"
             )
-        # format 1 hashed the tensor bytes only; a flip of "2" to "1" changes nothing else
+        # format 1 hashed the tensor bytes only (a format-2 file relabelled 1 still fails: its
+        # hash covers the header)
         tensors, meta = read_sealed(path, where, data_only=version == 1)
     except IntegrityError as e:
         raise TaskFileError(str(e)) from None
@@ -189,7 +190,7 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
             f"{where}: palbert.active_layers must be null or a list of layer indices in "
             f"0..{layers - 1}, not {active!r}"
         )
-    # the hash covers the bytes, not the header's dtypes: F32 read as I32 would pass it
+    # format 1's hash covers the bytes, not the header's dtypes: F32 read as I32 would pass it
     dtype = meta.get(PREFIX + "dtype", "")
     odd = [k for k, t in tensors.items() if t.dtype != DTYPES.get(dtype)]
     if odd:

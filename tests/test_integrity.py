@@ -184,6 +184,13 @@ def test_task_files_of_format_1_still_read(task_file, tmp_path):
     flip(v1, len(v1.read_bytes()) - 3)
     with pytest.raises(TaskFileError, match="damaged"):
         read_task_file(v1)
+    # and a format-2 file relabelled 1 does not get the weaker check: its hash covers the header
+    at = task_file.index(b'"palbert.format_version":"2"') + len(b'"palbert.format_version":"')
+    relabelled = bytearray(task_file)
+    relabelled[at] = ord("1")
+    path.write_bytes(bytes(relabelled))
+    with pytest.raises(TaskFileError, match="damaged"):
+        read_task_file(path)
 
 
 # -- run folders ---------------------------------------------------------------------------
@@ -219,12 +226,14 @@ def test_a_damaged_best_checkpoint_fails_eval_export_and_load(
     flip(best, len(best.read_bytes()) - 100)  # one weight byte
     with pytest.raises(IntegrityError, match=f"{best} is damaged"):
         load_run(run)
-    for cmd in (["eval", str(run)], ["export", str(run), "--task", "all"]):
+    predict = ["predict", str(run), "--split", "dev", "--out", str(tmp_path / "pred")]
+    for cmd in (["eval", str(run)], ["export", str(run), "--task", "all"], predict):
         capsys.readouterr()
         assert main(cmd) == 2, cmd
         err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
         assert len(err) == 1 and f"{best} is damaged" in err[0], err
     assert not (run / "export").exists()  # nothing re-sealed from damaged weights
+    assert not (tmp_path / "pred").exists()
 
     good = run / "good.safetensors"
     flip(best, len(best.read_bytes()) - 100)  # back to what was written
