@@ -26,6 +26,7 @@ from transformers import BertConfig
 
 from palbert.errors import BackboneError
 from palbert.hub import hub_reachable
+from palbert.integrity import IntegrityError, check_sealed
 from palbert.minbert import MinBert
 
 Impl = Literal["transformers", "minbert"]
@@ -149,6 +150,7 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
             f"backbone folder {folder} has no .safetensors weights; palbert never unpickles "
             f"weights (convert with transformers: model.save_pretrained(folder))"
         )
+    _check_palbert_weights(Path(folder))
     config = BertConfig.from_pretrained(folder)
     if impl == "transformers":
         from transformers import BertModel
@@ -172,6 +174,18 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
         model = MinBert.from_pretrained(folder)
     model.eval()
     return Backbone(model=model, config=config, source=str(folder), name=name, impl=impl)
+
+
+def _check_palbert_weights(folder: Path) -> None:
+    """Verify the hash of a ``model.safetensors`` that palbert wrote (``palbert export
+    --backbone``; its header says so); other encoders' weights carry no palbert hash."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return
+    try:
+        check_sealed(weights, f"backbone weights {weights}", required=False)
+    except IntegrityError as e:
+        raise BackboneError(str(e)) from None
 
 
 def _build(config: BertConfig, impl: Impl) -> nn.Module:

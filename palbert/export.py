@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -38,8 +37,9 @@ from typing import Any
 
 import torch
 
-from palbert.files import child, file_mode
+from palbert.files import child
 from palbert.inference import evaluate, run_split
+from palbert.integrity import IntegrityError, read_header, write_sealed
 from palbert.model import PalBert
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
@@ -91,15 +91,16 @@ def newest_run(root: str | Path = DEFAULT_CHECKPOINTS) -> Path:
 
 
 def trained_backbone(run_dir: str | Path) -> bool:
-    """Whether the run's ``best.safetensors`` holds the encoder (train mode full)."""
-    from safetensors import safe_open
+    """Whether the run's ``best.safetensors`` holds the encoder (train mode full).
 
+    Reads the header only; :func:`load_run` checks the whole file against its hash.
+    """
     path = Path(run_dir) / "best.safetensors"
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return any(k.startswith("backbone.") for k in f.keys())
-    except Exception as e:  # safetensors has its own error type for damaged files
-        raise ExportError(f"cannot read {path}: {e}") from e
+        _, header = read_header(path)
+    except IntegrityError as e:
+        raise ExportError(str(e)) from None
+    return any(k.startswith("backbone.") for k in header if k != "__metadata__")
 
 
 # -- exports ------------------------------------------------------------------------------
@@ -156,8 +157,6 @@ def export_backbone(model, out: str | Path) -> Path:
     ``transformers.BertModel.from_pretrained(out)`` and ``PalBert.from_pretrained(out)``
     load it; its fingerprint is the one that task files exported from the same model name.
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise ExportError(f"{out} exists and is not an exported backbone folder; choose --out")
@@ -173,9 +172,9 @@ def export_backbone(model, out: str | Path) -> Path:
     config = info.config.__class__.from_dict(info.config.to_dict())
     config.architectures = ["BertModel"]
     config.save_pretrained(out)
+    # sealed (palbert.sha256): PalBert.from_pretrained(out) checks it, transformers ignores it
     meta = {"format": "pt", "palbert.fingerprint": model.fingerprint(), "palbert.base": info.name}
-    save_file(state, out / "model.safetensors", metadata=meta)
-    os.chmod(out / "model.safetensors", file_mode())  # safetensors writes 0600
+    write_sealed(out / "model.safetensors", state, meta)
     model.tokenizer.save_pretrained(out)
     return out
 
@@ -260,7 +259,7 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (ExportError, TaskFileError, DataError, KeyError) as e:
+        except (ExportError, TaskFileError, IntegrityError, DataError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"palbert {args.command}: error: {msg}", file=sys.stderr)
             return 2

@@ -7,7 +7,11 @@ itself survives a power cut::
 
     atomic_write_bytes(path, blob)
     atomic_write_text(run_dir / "summary.json", text)
-    atomic_write_with(path, lambda tmp: save_file(tensors, tmp))  # a writer that wants a path
+    atomic_write_with(path, lambda tmp: write_to(tmp))  # a writer that wants a path
+
+Weights files go through :func:`palbert.integrity.write_sealed`, which writes this way too.
+A run folder's temporaries (``.*.tmp``) left by a killed process are removed when the run
+resumes (``palbert.training.run.clean_leftovers``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A task file holds the weights of one task's module (PAL, low-rank or adapter) un
 ``module.*`` and of its head under ``head.*``, plus metadata in the safetensors header
 (string -> string, values JSON-encoded) that says everything needed to rebuild and check it::
 
-    palbert.format_version   "1"
+    palbert.format_version   "2"
     palbert.version          the palbert that wrote it
     palbert.task             the task's name
     palbert.spec             the task spec (kind, labels, label range, head, encoding, ...)
@@ -13,13 +13,14 @@ A task file holds the weights of one task's module (PAL, low-rank or adapter) un
     palbert.backbone         name, source, impl, config (hidden_size, num_hidden_layers,
                              vocab_size, ...), fingerprint of its weights, fine_tuned
     palbert.dtype            dtype of the stored tensors
-    palbert.sha256           hash of the tensor bytes, so a damaged file is caught
+    palbert.sha256           hash of the header and the tensor bytes, so a damaged file is
+                             caught (:mod:`palbert.integrity`; format 1: tensor bytes only)
 
 This module is the file format only: it knows tensors and header fields, not models.
 :meth:`palbert.PalBert.save_task` and :meth:`palbert.PalBert.load_task` build on it::
 
     write_task_file(TaskFile(name="sts", spec=..., module=..., backbone=..., tensors=...), path)
-    tf = read_task_file("sts.safetensors")        # checked: layout, metadata, hash
+    tf = read_task_file("sts.safetensors")        # checked: hash, layout, metadata
     check_backbone(tf, name, config, fingerprint)  # refuses a file for another encoder
 
 Only safetensors is read for weights: nothing here unpickles a user's file.
@@ -27,10 +28,8 @@ Only safetensors is read for weights: nothing here unpickles a user's file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from palbert.files import atomic_write_bytes
+from palbert.integrity import PREFIX, IntegrityError, metadata, read_sealed, write_sealed
 from palbert.layers import ModuleConfig
 
-FORMAT_VERSION = 1
-PREFIX = "palbert."
+FORMAT_VERSION = 2  # 2: the hash covers the header too (format 1: the tensor bytes only)
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -51,8 +49,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 # What makes two encoders incompatible for a task file regardless of their weights.
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "vocab_size")
-
-_MAX_HEADER = 100 * 1024 * 1024  # a task file's JSON header is a few KB; bigger means damage
 
 
 class TaskFileError(ValueError):
@@ -104,22 +100,9 @@ def config_dict(config: Any) -> dict[str, Any]:
     return d
 
 
-def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes with a hash of the data section in the header.
-
-    The data section does not depend on the metadata, so it is hashed from a first
-    serialization and the file written with the hash included.
-    """
-    from safetensors.torch import save
-
-    blob = save(tensors, metadata=metadata)
-    (n,) = struct.unpack("<Q", blob[:8])
-    digest = hashlib.sha256(blob[8 + n :]).hexdigest()
-    return save(tensors, metadata={**metadata, PREFIX + "sha256": digest})
-
-
 def write_task_file(tf: TaskFile, path: str | os.PathLike) -> Path:
-    """Write ``tf`` to ``path`` (atomically, with a hash of the tensor bytes in the header)."""
+    """Write ``tf`` to ``path`` (atomically, sealed: a hash of its header and tensor bytes in
+    the header, see :mod:`palbert.integrity`)."""
     from palbert import __version__
 
     metadata = {
@@ -133,72 +116,45 @@ def write_task_file(tf: TaskFile, path: str | os.PathLike) -> Path:
         PREFIX + "backbone": json.dumps(tf.backbone),
         PREFIX + "dtype": tf.dtype,
     }
-    return atomic_write_bytes(Path(path), _serialize(tf.tensors, metadata))
+    return write_sealed(Path(path), tf.tensors, metadata)
 
 
 # -- reading ------------------------------------------------------------------------------
 
 
 def read_task_file(path: str | os.PathLike) -> TaskFile:
-    """Read and check a task file: safetensors layout, palbert metadata, the data hash.
+    """Read and check a task file: its hash (header and tensors), layout and metadata.
 
     Every problem (missing, truncated, corrupted, not a palbert file, a newer format) raises
     :class:`TaskFileError` naming the file.
     """
-    from safetensors.torch import load
-
     path = Path(path)
     where = f"task file {path}"
     try:
-        blob = path.read_bytes()
-    except FileNotFoundError:
-        raise TaskFileError(f"{where} does not exist") from None
-    except OSError as e:
-        raise TaskFileError(f"{where} cannot be read: {e}") from e
-    if len(blob) < 8:
-        raise TaskFileError(f"{where} is not a safetensors file (only {len(blob)} bytes)")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > _MAX_HEADER or 8 + n > len(blob):
-        raise TaskFileError(
-            f"{where} is truncated or not a safetensors file (header of {n} bytes, file of "
-            f"{len(blob)} bytes)"
-        )
-    try:
-        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise TaskFileError(f"{where} is corrupted: its header is not valid JSON ({e})") from e
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise TaskFileError(f"{where} is corrupted: its metadata is not a map of strings")
-    if PREFIX + "format_version" not in meta:
-        raise TaskFileError(
-            f"{where} has no palbert metadata (palbert.format_version); it is not a task file "
-            "written by `palbert export` or PalBert.save_task()"
-        )
-    try:
-        version = int(meta[PREFIX + "format_version"])
-    except ValueError:
-        raise TaskFileError(
-            f"{where}: bad palbert.format_version {meta[PREFIX + 'format_version']!r}"
-        ) from None
-    if version > FORMAT_VERSION:
-        raise TaskFileError(
-            f"{where} uses task-file format {version}, newer than this palbert reads "
-            f"({FORMAT_VERSION}); upgrade palbert"
-        )
-    digest = meta.get(PREFIX + "sha256")
-    if digest is None:  # every file of this format is written with one: removed means damaged
-        raise TaskFileError(f"{where} is damaged: its header lacks {PREFIX}sha256")
-    if hashlib.sha256(blob[8 + n :]).hexdigest() != digest:
-        raise TaskFileError(
-            f"{where} is corrupted or truncated: its weights do not match the hash in its header"
-        )
-    try:
-        tensors = load(blob)
-    except Exception as e:  # safetensors raises its own error type for a damaged layout
-        raise TaskFileError(f"{where} is corrupted: {e}") from e
+        meta = metadata(path, where)
+        if PREFIX + "format_version" not in meta:
+            raise TaskFileError(
+                f"{where} has no palbert metadata (palbert.format_version); it is not a task "
+                "file written by `palbert export` or PalBert.save_task()"
+            )
+        try:
+            version = int(meta[PREFIX + "format_version"])
+            if version < 1:
+                raise ValueError
+        except ValueError:
+            raise TaskFileError(
+                f"{where}: bad palbert.format_version {meta[PREFIX + 'format_version']!r}"
+            ) from None
+        if version > FORMAT_VERSION:
+            raise TaskFileError(
+                f"{where} uses task-file format {version}, newer than this palbert reads "
+                f"({FORMAT_VERSION}); upgrade palbert"
+            )
+        # format 1 hashed the tensor bytes only (a format-2 file relabelled 1 still fails: its
+        # hash covers the header)
+        tensors, meta = read_sealed(path, where, data_only=version == 1)
+    except IntegrityError as e:
+        raise TaskFileError(str(e)) from None
 
     def field(key: str, required: bool = True) -> Any:
         raw = meta.get(PREFIX + key)
@@ -234,7 +190,7 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
             f"{where}: palbert.active_layers must be null or a list of layer indices in "
             f"0..{layers - 1}, not {active!r}"
         )
-    # the hash covers the bytes, not the header's dtypes: F32 read as I32 would pass it
+    # format 1's hash covers the bytes, not the header's dtypes: F32 read as I32 would pass it
     dtype = meta.get(PREFIX + "dtype", "")
     odd = [k for k, t in tensors.items() if t.dtype != DTYPES.get(dtype)]
     if odd:

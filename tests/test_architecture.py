@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "palbert"
 LEVELS: dict[str, int] = {
     "palbert.errors": 0,
     "palbert.files": 0,
+    "palbert.integrity": 0,
     "palbert.hub": 0,
     "palbert.encoded": 0,
     "palbert.validate": 0,

@@ -93,7 +93,8 @@ def make_run(
     In mode "full" the encoder's weights are changed too, as fine-tuning would, and
     best.safetensors holds them.
     """
-    from safetensors.torch import save_file
+    from palbert.integrity import write_sealed
+    from palbert.training.checkpoint import FORMAT, FORMAT_KEY
 
     raw = {
         "name": name,
@@ -116,7 +117,9 @@ def make_run(
     state = {k: v.contiguous().clone() for k, v in model.state_dict().items() if k.startswith(keep)}
     run = root / f"{name}-{stamp}"
     run.mkdir(parents=True)
-    save_file(state, run / "best.safetensors", metadata={"format": "pt"})
+    write_sealed(
+        run / "best.safetensors", state, {"format": "palbert-run", FORMAT_KEY: str(FORMAT)}
+    )
     resolved = run_mod.resolved(recipe, tasks, data)
     (run / "recipe.yaml").write_text(recipe_mod.dump_recipe(resolved))
     (run / "metrics.jsonl").write_text("")

@@ -24,7 +24,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from palbert.files import atomic_write_with
 from palbert.tasks.readers import Example
 
 CACHE_VERSION = 1
@@ -240,7 +240,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def save_tokenized(path: Path, data: TokenizedSplit) -> None:
-    """Write atomically (temp file + rename) so concurrent runs never read half a file."""
+    """Write atomically (:mod:`palbert.files`) so concurrent runs never read half a file."""
     arrays: dict[str, np.ndarray] = {"a_ids": data.a.input_ids, "a_off": data.a.offsets}
     if data.a.token_type_ids is not None:
         arrays["a_tt"] = data.a.token_type_ids
@@ -251,15 +251,12 @@ def save_tokenized(path: Path, data: TokenizedSplit) -> None:
         arrays["labels"] = data.labels
     meta = {"ids": data.ids, "skipped": data.skipped, "pad_id": data.pad_id}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add .npz to a name
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write_with(path, write)
 
 
 def load_tokenized(path: Path) -> TokenizedSplit | None:

@@ -10,6 +10,8 @@ A resume checkpoint is a folder (the run's ``last/``)::
 It is written to a temporary folder beside it and moved into place with ``os.replace``, so
 a kill at any moment leaves either the previous checkpoint or the new one, never half of
 one. ``best.safetensors`` (a PalBert state dict) is written to a temporary file and renamed.
+Every ``.safetensors`` file here is sealed (:mod:`palbert.integrity`): a hash in its header,
+checked on every read, so a damaged checkpoint is refused instead of trained on.
 
 ::
 
@@ -30,13 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from palbert.files import atomic_write_with, fsync_dir
+from palbert.files import fsync_dir
+from palbert.integrity import PREFIX, read_sealed, save_sealed
 
-FORMAT = 1
+FORMAT = 2  # 2: sealed safetensors files (a hash in each header)
+FORMAT_KEY = PREFIX + "checkpoint_format"  # in the header of every sealed file of a run
 
 
 def saved_weights(model: nn.Module, with_backbone: bool | None = None) -> dict[str, torch.Tensor]:
@@ -54,15 +56,6 @@ def saved_weights(model: nn.Module, with_backbone: bool | None = None) -> dict[s
     return out
 
 
-def atomic_save_file(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
-) -> None:
-    """safetensors ``save_file`` into a temporary file, then rename over ``path``."""
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
 def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
     """Fill a temporary folder with ``write(tmp)``, then swap it in for ``final``."""
     final = Path(final)
@@ -77,6 +70,7 @@ def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)  # a directory cannot be renamed over a non-empty one
+            fsync_dir(final.parent)  # the renames reach the disk in the order they happen
         os.replace(tmp, final)
         fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
@@ -186,9 +180,11 @@ def save_checkpoint(path: Path, model: nn.Module, trainer: Any, extra: dict[str,
         **extra,
     }
 
+    meta = {FORMAT_KEY: str(FORMAT)}
+
     def write(tmp: Path) -> None:
-        save_file(weights, str(tmp / "weights.safetensors"), metadata={"format": str(FORMAT)})
-        save_file({**opt_tensors, **rng_tensors}, str(tmp / "state.safetensors"))
+        save_sealed(weights, tmp / "weights.safetensors", meta)
+        save_sealed({**opt_tensors, **rng_tensors}, tmp / "state.safetensors", meta)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
     write_dir_atomically(Path(path), write)
@@ -199,11 +195,11 @@ def load_checkpoint(path: Path, model: nn.Module, trainer: Any) -> dict[str, Any
     found = checkpoint_dir(Path(path))
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path} (state.json missing)")
-    state = _read(found / "state.json", lambda p: json.loads(Path(p).read_text("utf-8")))
+    state = read_state(found)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else None
         raise ValueError(f"checkpoint {found} has format {got}, expected {FORMAT}")
-    weights = _read(found / "weights.safetensors", load_file)
+    weights, _ = read_sealed(found / "weights.safetensors")
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shapes differ: the recipe changed a module or head
@@ -214,7 +210,7 @@ def load_checkpoint(path: Path, model: nn.Module, trainer: Any) -> dict[str, Any
         ) from None
     if unexpected:
         raise ValueError(f"checkpoint {found} has weights the model lacks: {unexpected[:5]}")
-    tensors = _read(found / "state.safetensors", load_file)
+    tensors, _ = read_sealed(found / "state.safetensors")
     try:
         # Optimizer.load_state_dict moves the moments to each parameter's device itself
         opt = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
@@ -230,19 +226,14 @@ def load_checkpoint(path: Path, model: nn.Module, trainer: Any) -> dict[str, Any
     return state
 
 
-def _read(path: Path, read: Callable[[str], Any]) -> Any:
-    """``read(path)``, with a damaged or unreadable file reported in one line."""
+def read_state(folder: Path) -> Any:
+    """A checkpoint's state.json, with a damaged or unreadable one reported in one line."""
+    path = Path(folder) / "state.json"
     try:
-        return read(str(path))
-    except (OSError, ValueError, SafetensorError) as e:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"{path} is damaged or unreadable ({reason})") from None
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The string metadata in a safetensors file's header."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 def _jsonable(obj: Any) -> Any:
@@ -258,10 +249,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 __all__ = [
-    "atomic_save_file",
+    "FORMAT",
+    "FORMAT_KEY",
     "checkpoint_dir",
     "load_checkpoint",
-    "read_metadata",
+    "read_state",
     "save_checkpoint",
     "saved_weights",
     "write_dir_atomically",

@@ -19,6 +19,9 @@ The run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/``::
     COMPLETE           empty, written last when the run finished
     lock               the process id of the process training the run (locked while it does)
 
+Every ``.safetensors`` file of the folder carries a hash in its header, checked whenever it
+is read (:mod:`palbert.integrity`): a damaged file is refused, never loaded.
+
 best.safetensors' metadata and last/state.json record the position of the progressive PAL
 schedule (``progress_step``, ``progress_epoch``: the step and epoch the saved weights last
 trained under); :func:`load_run` restores it with ``model.set_progress``.
@@ -49,6 +52,7 @@ import torch.distributed as dist
 
 from palbert.files import TMP_SUFFIX, atomic_write_text
 from palbert.inference import evaluate, resolve_precision
+from palbert.integrity import read_sealed, write_sealed
 from palbert.model import PalBert
 from palbert.recipe import (
     Recipe,
@@ -59,10 +63,11 @@ from palbert.recipe import (
 )
 from palbert.tasks.batching import Order, Shard
 from palbert.training.checkpoint import (
-    atomic_save_file,
+    FORMAT,
+    FORMAT_KEY,
     checkpoint_dir,
     load_checkpoint,
-    read_metadata,
+    read_state,
     save_checkpoint,
     saved_weights,
 )
@@ -201,10 +206,11 @@ def _hold(run_dir: Path) -> IO[str] | None:
 
 def clean_leftovers(run_dir: Path) -> None:
     """Remove the temporary files and folders that a killed run left behind (the swap's
-    ``.last.tmp-*``, the atomic writes' ``.*.tmp``); ``.last.old`` stays, it may be the last
-    good checkpoint."""
+    ``.last.tmp-*``, the atomic writes' ``.*.tmp``), and ``.last.old`` once ``last/`` holds a
+    checkpoint (until then it is the last good one)."""
     for path in run_dir.glob(".*"):
-        if path.is_dir() and path.name.startswith(".last.tmp-"):
+        stale_old = path.name == ".last.old" and checkpoint_dir(run_dir / "last") != path
+        if path.is_dir() and (path.name.startswith(".last.tmp-") or stale_old):
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and path.name.endswith(TMP_SUFFIX):
             path.unlink(missing_ok=True)
@@ -730,8 +736,9 @@ def _evaluate(run: Run, step: int) -> str:
     if state.best is None or score > state.best["score"]:
         state.best = dict(state.final)
         meta = {"step": step, "epoch": sampler.epoch, "score": score, "format": "palbert-run"}
-        meta |= progress_record(state.progress)
-        atomic_save_file(saved_weights(run.model), run.dir / "best.safetensors", meta)
+        meta |= progress_record(state.progress) | {FORMAT_KEY: FORMAT}
+        meta = {k: str(v) for k, v in meta.items()}
+        write_sealed(run.dir / "best.safetensors", saved_weights(run.model), meta)
     primary = " ".join(f"{n} {s[run.tasks[n].primary_metric]:.3f}" for n, s in scores.items())
     best = f"best {state.best['score']:.4f} at {state.best['step']}"
     return f"step {step}: dev {primary} | score {score:.4f} ({best})"
@@ -788,8 +795,6 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
         model, tasks, recipe = load_run("checkpoints/quickstart-20260101-120000")
         model.predict("sst", ["a gripping film"])
     """
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.yaml")
     data_dir = Path(recipe.data_dir) if recipe.data_dir else None
@@ -803,11 +808,11 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
         raise ValueError(f"which must be 'best' or 'last', not {which!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    weights = load_file(str(path))
+    weights, meta = read_sealed(path)  # IntegrityError (a ValueError) naming a damaged file
     _, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise ValueError(f"{path} has weights the model lacks: {unexpected[:5]}")
-    record = read_metadata(path) if which == "best" else _state_json(path.parent)
+    record = meta if which == "best" else read_state(path.parent)
     progress = recorded_progress(record)
     if progress is not None:
         model.set_progress(*progress)
@@ -818,10 +823,6 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
         )
     model.eval()
     return model, tasks, recipe
-
-
-def _state_json(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "state.json").read_text())
 
 
 def _record(line: str) -> dict | None:
