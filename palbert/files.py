@@ -5,7 +5,6 @@ caches) goes through here: the bytes go to a temporary file in the same folder, 
 flushed and fsynced, then renamed over the target, and the folder is fsynced so the rename
 itself survives a power cut::
 
-    atomic_write_bytes(path, blob)
     atomic_write_text(run_dir / "summary.json", text)
     atomic_write_with(path, lambda tmp: write_to(tmp))  # a writer that wants a path
 
@@ -82,18 +81,12 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) ->
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_with`)."""
-    return atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_with`)."""
     return atomic_write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 __all__ = [
-    "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_with",
     "child",

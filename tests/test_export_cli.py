@@ -381,10 +381,10 @@ def test_a_full_disk_is_one_line(frozen_run, tmp_path, capsys, monkeypatch):
 
     run, _ = frozen_run
 
-    def full(path, data):
+    def full(path, tensors, meta):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("palbert.taskfile.atomic_write_bytes", full)
+    monkeypatch.setattr("palbert.taskfile.write_sealed", full)
     assert main(["export", str(run), "--task", "all", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and str(tmp_path) in err
