@@ -180,13 +180,13 @@ def _interrupted_run(ws: Workspace):
 
 @contextmanager
 def _run_being_trained(ws: Workspace):
-    """An interrupted run whose lock another training process holds (pid 4242)."""
+    """An interrupted run whose lock another training process holds (this process)."""
     import fcntl
 
     run = _interrupted(ws)
     with open(run / "lock", "w", encoding="utf-8") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fh.write("4242\n")
+        fh.write(f"{os.getpid()}\n")
         fh.flush()
         yield
 
