@@ -24,7 +24,7 @@ The shrink: what differs from a user's run, none of it something a block shows.
   after the recipe and every override were checked.
 - ``RUN_DIR`` is the newest run folder under ``checkpoints/``.
 
-About a minute on 2 CPU cores; one tiny quickstart run serves every block after it.
+About a minute on 2 idle CPU cores: one tiny quickstart run serves the blocks after it.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def _interrupted_run(ws: Workspace):
 
 @contextmanager
 def _run_being_trained(ws: Workspace):
-    """An interrupted run whose lock another training process holds (this process)."""
+    """An interrupted run, locked as a training process locks it (held here, with our pid)."""
     import fcntl
 
     run = _interrupted(ws)
