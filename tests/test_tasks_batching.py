@@ -165,6 +165,24 @@ def test_cached_skips_are_still_reported(tok, tmp_path):
     assert len(task.skipped) == 8
 
 
+def test_cached_skips_name_the_file_read_now(tok, tmp_path):
+    # the cache is keyed by content, so a copy elsewhere is served from it: its bad rows
+    # must name the copy, not the file whose reading filled the cache
+    cache = tmp_path / "cache"
+    spec = {"name": "bad", "extends": "sst", "files": {"train": "bad-rows.csv"}}
+    with pytest.warns(DataWarning):
+        build_task(spec, data_dir=FIX, cache_dir=cache).tokenized("train", tok, on_error="skip")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(FIX / "bad-rows.csv", copy / "bad-rows.csv")
+    task = build_task(spec, data_dir=copy, cache_dir=cache)
+    with pytest.raises(DataError) as e:
+        task.tokenized("train", tok)
+    assert len(list(cache.glob("*.npz"))) == 1  # served from the cache
+    assert {f for f, _, _ in e.value.problems} == {str(copy / "bad-rows.csv")}
+    assert str(FIX) not in str(e.value)
+
+
 def order(loader: Batches) -> list[list[int]]:
     return [idx.tolist() for idx in loader.batch_indices()]
 

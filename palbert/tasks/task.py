@@ -295,6 +295,10 @@ class Task:
         path = self._cache_path(split, tok_key, max_length)
         data = B.load_tokenized(path) if path is not None else None
         if data is not None:
+            if self.spec.dataset is None:
+                # the cache is keyed by content: name this copy, not the one that filled it
+                here = str(self._check_file(split))
+                data.skipped = [(here, line, why) for _, line, why in data.skipped]
             self._report(split, data.skipped, on_error)
         else:
             result = self._parse(split)
