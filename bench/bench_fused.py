@@ -17,41 +17,16 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from bench_pal import RESULTS, measure, palbert, ratio, step
 
+# The unfused references are the ones tests/test_fused.py checks the fused paths against.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from palbert import load_backbone
 from palbert.layers import LowDimAttention, Router, adapter, low_rank, pal
-
-
-def plain_attention(self: LowDimAttention, x, mask):
-    B, T, d = x.shape
-
-    def split(t):
-        return t.view(B, T, self.heads, d // self.heads).transpose(1, 2)
-
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    if mask is not None and mask.dim() == 2:
-        mask = mask[:, None, None, :].bool()
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return y.transpose(1, 2).reshape(B, T, d)
-
-
-def plain_term(self: Router, method, layer, x, base, route):
-    if route.task is not None:
-        fn = self._method(route.task, method)
-        t = None if fn is None else fn(layer, x, route.mask)
-        return None if t is None else base + t
-    out = None
-    for name, rows, mask in route.groups:
-        fn = self._method(name, method)
-        idx = torch.arange(x.shape[0])[rows]
-        t = None if fn is None else fn(layer, x[idx], mask)
-        if t is not None:
-            out = (x.new_zeros(x.shape) if out is None else out).index_add(0, idx, t)
-    return None if out is None else base + out
+from tests.test_fused import plain_attention, plain_term  # noqa: E402
 
 
 def plain_linear_add(base, y, linear):
