@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -396,13 +395,11 @@ def report(res: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"| GPU | ckpt | GPUs | link | step (ms) | all-reduce (ms) | run (h), serial | "
-        f"run (h), overlapped | speed-up |",
+        "| GPU | ckpt | GPUs | link | step (ms) | all-reduce (ms) | run (h), serial | "
+        "run (h), overlapped | speed-up |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    one = {
-        (r["gpu"], r["ckpt"]): r for r in est["time"] if r["world"] == 1 and r["link"] == "-"
-    }
+    one = {(r["gpu"], r["ckpt"]): r for r in est["time"] if r["world"] == 1 and r["link"] == "-"}
     for r in est["time"]:
         a, b = r[lo], r[hi]
         base = one[(r["gpu"], r["ckpt"])]
@@ -422,7 +419,9 @@ def report(res: dict[str, Any]) -> str:
 
 
 def assumptions(scenario: str, T: int) -> list[str]:
-    gpus = ", ".join(f"{k} {v['tflops']:.0f} TFLOPS fp16, {v['gbps']:.0f} GB/s" for k, v in GPUS.items())
+    gpus = ", ".join(
+        f"{k} {v['tflops']:.0f} TFLOPS fp16, {v['gbps']:.0f} GB/s" for k, v in GPUS.items()
+    )
     return [
         "no GPU was used: FLOPs and saved bytes are measured on the CPU, the rest is arithmetic",
         f"every row is {T} tokens, max_length (the worst case: batches pad to their longest "
@@ -534,5 +533,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()
