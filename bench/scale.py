@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from palbert import PalBert, load_backbone
 from palbert.layers import ModuleConfig
@@ -108,6 +108,20 @@ def plan(recipe: Recipe, rows: dict[str, int], world: int) -> dict[str, Any]:
 # -- measuring one train step ---------------------------------------------------------------
 
 
+def _is_weight_cast(t: torch.Tensor) -> bool:
+    """Is ``t`` (a view of) autocast's copy of a parameter? Its bytes do not grow with rows."""
+    fn = t.grad_fn
+    for _ in range(3):  # TBackward0 / ViewBackward0 -> ToCopyBackward0 -> AccumulateGrad
+        if fn is None:
+            return False
+        if fn.name().startswith("ToCopyBackward"):
+            return any(
+                f is not None and f.name().endswith("AccumulateGrad") for f, _ in fn.next_functions
+            )
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    return False
+
+
 class SavedBytes:
     """Bytes of the tensors autograd saves for backward, each storage counted once
     (views of one tensor share it); storages in ``exclude`` (the parameters) are left out.
@@ -121,6 +135,9 @@ class SavedBytes:
     def __init__(self, exclude: Any = ()) -> None:
         self.exclude = {p.untyped_storage().data_ptr() for p in exclude}
         self.seen: dict[int, int] = {}
+        self.extra = 0
+        self.weight_casts = 0  # of the total: autocast's low-precision copies of weights
+        self.casts_by_layer: dict[str, int] = {}
         self.by_layer: dict[str, int] = {}
         self.where = "outside"
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
@@ -132,6 +149,16 @@ class SavedBytes:
             return
         self.seen[key] = storage.nbytes()
         self.by_layer[self.where] = self.by_layer.get(self.where, 0) + storage.nbytes()
+        if _is_weight_cast(t):
+            self.weight_casts += storage.nbytes()
+            self.casts_by_layer[self.where] = (
+                self.casts_by_layer.get(self.where, 0) + storage.nbytes()
+            )
+
+    def add_bytes(self, n: int) -> None:
+        """Bytes kept outside autograd's saved tensors (the dropout masks CUDA keeps)."""
+        self.extra += n
+        self.by_layer[self.where] = self.by_layer.get(self.where, 0) + n
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         self.add(t)
@@ -139,7 +166,7 @@ class SavedBytes:
 
     @property
     def total(self) -> int:
-        return sum(self.seen.values())
+        return sum(self.seen.values()) + self.extra
 
     def __enter__(self) -> SavedBytes:
         self._hooks.__enter__()
@@ -176,6 +203,28 @@ def batch_of(model: PalBert, task: Any, B: int, T: int) -> dict[str, torch.Tenso
     }
 
 
+def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_backward_flops(grad_shape, query_shape, key_shape, value_shape, *a, **kw) -> int:
+    return sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
+
+
+# torch's FLOP counter has formulas for the CUDA attention kernels but not for the CPU one
+# that SDPA runs here: the same matmuls, counted the same way.
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_flash_backward_flops
+    ),
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+
+
 def measure_step(
     model: PalBert,
     task_name: str,
@@ -186,7 +235,13 @@ def measure_step(
     bf16: bool,
     backward: bool = True,
 ) -> dict[str, Any]:
-    """FLOPs (forward, backward) and saved-for-backward bytes of one train step."""
+    """FLOPs (forward, backward) and saved-for-backward bytes of one train step.
+
+    Dropout runs with p=0 and its masks are added as CUDA keeps them, one byte an element
+    (CPU dropout saves a mask in the activations' dtype); with p=0 CPU SDPA also takes its
+    fused kernel, which like CUDA's fused kernels saves no T x T matrix (CUDA's regenerates
+    the attention dropout from a seed). Checkpointed layers keep their inputs and no masks.
+    """
     model.gradient_checkpointing(checkpointing)
     counter = SavedBytes(exclude=model.parameters())
     handles = []
@@ -204,20 +259,34 @@ def measure_step(
 
         handles.append(layer.register_forward_pre_hook(enter))
         handles.append(layer.register_forward_hook(leave))
+    dropout_p = {m: m.p for m in model.modules() if isinstance(m, nn.Dropout)}
+
+    def mask(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if torch.is_grad_enabled() and not (checkpointing and counter.where != "outside"):
+            counter.add_bytes(out.numel())  # a bool mask
+
+    for m, p in dropout_p.items():
+        m.p = 0.0
+        if p > 0:
+            handles.append(m.register_forward_hook(mask))
     ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     try:
-        with FlopCounterMode(display=False) as fwd_flops, counter, ctx:
+        with flop_counter() as fwd_flops, counter, ctx:
             loss = task.loss(model(batch, task=task_name), batch["labels"])
         out = {"forward_flops": fwd_flops.get_total_flops(), "saved_bytes": counter.total}
+        out["weight_cast_bytes"] = counter.weight_casts
+        out["weight_cast_bytes_by_layer"] = dict(counter.casts_by_layer)
         out["saved_bytes_by_layer"] = dict(counter.by_layer)
         if backward:
-            with FlopCounterMode(display=False) as bwd_flops:
+            with flop_counter() as bwd_flops:
                 loss.backward()
             out["backward_flops"] = bwd_flops.get_total_flops()
             out["step_flops"] = out["forward_flops"] + out["backward_flops"]
     finally:
         for h in handles:
             h.remove()
+        for m, p in dropout_p.items():
+            m.p = p
         model.gradient_checkpointing(False)
         model.zero_grad(set_to_none=True)
     return out
@@ -277,11 +346,13 @@ def memory(m: dict[str, Any], ckpt: bool, world: int) -> dict[str, float]:
     if world > 1:
         static += p["reached_per_step"] * GRAD_BYTES  # the flat all-reduce buffer
     run = m["pal_bf16_ckpt" if ckpt else "pal_bf16"]
-    acts = run["saved_bytes"]
+    acts, casts = run["saved_bytes"], run["weight_cast_bytes"]
     if ckpt:  # the backward recomputes one layer at a time and holds its saved tensors
         layers = m["pal_bf16"]["saved_bytes_by_layer"]
-        acts += max(v for k, v in layers.items() if k.startswith("layer"))
-    return {"static": static, "activations": acts}
+        top = max((k for k in layers if k.startswith("layer")), key=layers.get)
+        acts += layers[top]
+        casts += m["pal_bf16"]["weight_cast_bytes_by_layer"].get(top, 0)
+    return {"static": static, "activations": acts, "weight_casts": casts}
 
 
 def peak_gib(static: float, acts: float) -> float:
@@ -292,7 +363,8 @@ def max_batch(m: dict[str, Any], B: int, mem_gib: float, ckpt: bool, world: int)
     """Largest batch at the measured length that fits, activations scaling with rows."""
     mm = memory(m, ckpt, world)
     room = (mem_gib - CUDA_CONTEXT_GIB) * GiB / (1 + FRAGMENTATION) - mm["static"]
-    return max(0, int(room // (mm["activations"] / B)))
+    per_row = (mm["activations"] - mm["weight_casts"]) / B
+    return max(0, int((room - mm["weight_casts"]) // per_row))
 
 
 def step_seconds(m: dict[str, Any], gpu: dict, util: float, ckpt: bool, world: int, link: str):
