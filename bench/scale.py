@@ -116,7 +116,7 @@ def _is_weight_cast(t: torch.Tensor) -> bool:
             return False
         if fn.name().startswith("ToCopyBackward"):
             return any(
-                f is not None and f.name().endswith("AccumulateGrad") for f, _ in fn.next_functions
+                isinstance(getattr(f, "variable", None), nn.Parameter) for f, _ in fn.next_functions
             )
         fn = fn.next_functions[0][0] if fn.next_functions else None
     return False

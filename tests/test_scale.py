@@ -57,3 +57,20 @@ def test_checkpointing_keeps_less_and_recomputes_the_layers():
     assert model.num_layers * 4 * 16 * 64 * 4 <= ckpt["saved_bytes"] < plain["saved_bytes"] / 2
     assert ckpt["forward_flops"] == plain["forward_flops"]
     assert ckpt["backward_flops"] > plain["backward_flops"]  # the recomputed forwards
+
+
+def test_cpu_attention_flops_are_counted():
+    q = k = v = torch.randn(1, 1, 4, 8)
+    with scale.flop_counter() as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == 2 * (2 * 4 * 4 * 8)  # scores and context, 2 per MAC
+
+
+def test_autocast_weight_copies_are_told_apart():
+    lin = nn.Linear(8, 3)
+    x = torch.randn(4, 8, requires_grad=True)
+    with scale.SavedBytes(exclude=lin.parameters()) as counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lin(x).float().sum()
+    assert counter.total == 4 * 8 * 2 + 3 * 8 * 2  # bf16 copies of x and of the weight
+    assert counter.weight_casts == 3 * 8 * 2
