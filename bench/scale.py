@@ -108,18 +108,17 @@ def plan(recipe: Recipe, rows: dict[str, int], world: int) -> dict[str, Any]:
 # -- measuring one train step ---------------------------------------------------------------
 
 
+VIEWS = {"TBackward0", "ViewBackward0", "UnsafeViewBackward0", "TransposeBackward0"}
+
+
 def _is_weight_cast(t: torch.Tensor) -> bool:
     """Is ``t`` (a view of) autocast's copy of a parameter? Its bytes do not grow with rows."""
     fn = t.grad_fn
-    for _ in range(3):  # TBackward0 / ViewBackward0 -> ToCopyBackward0 -> AccumulateGrad
-        if fn is None:
-            return False
-        if fn.name().startswith("ToCopyBackward"):
-            return any(
-                isinstance(getattr(f, "variable", None), nn.Parameter) for f, _ in fn.next_functions
-            )
-        fn = fn.next_functions[0][0] if fn.next_functions else None
-    return False
+    while fn is not None and fn.name() in VIEWS:  # walk back through views only
+        fn = fn.next_functions[0][0]
+    if fn is None or not fn.name().startswith("ToCopyBackward"):
+        return False
+    return any(isinstance(getattr(f, "variable", None), nn.Parameter) for f, _ in fn.next_functions)
 
 
 class SavedBytes:

@@ -71,6 +71,6 @@ def test_autocast_weight_copies_are_told_apart():
     x = torch.randn(4, 8, requires_grad=True)
     with scale.SavedBytes(exclude=lin.parameters()) as counter:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            lin(x).float().sum()
-    assert counter.total == 4 * 8 * 2 + 3 * 8 * 2  # bf16 copies of x and of the weight
+            torch.relu(lin(x)).float().sum()  # relu keeps its bf16 output, 4x3
+    assert counter.total == 4 * 8 * 2 + 3 * 8 * 2 + 4 * 3 * 2  # copies of x and the weight
     assert counter.weight_casts == 3 * 8 * 2
