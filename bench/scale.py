@@ -48,9 +48,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GiB = 1024**3
 
 # -- assumptions (each one printed with the table) ----------------------------------------
-GPUS = {  # dense fp16 tensor-core peak (TFLOPS), memory bandwidth (GB/s), memory (GiB)
-    "V100-16GB": {"tflops": 125.0, "gbps": 900.0, "mem_gib": 16.0},
-    "T4": {"tflops": 65.0, "gbps": 320.0, "mem_gib": 16.0},
+GPUS = {  # dense fp16 tensor-core peak (TFLOPS), memory bandwidth (GB/s), memory, links
+    "V100-16GB": {"tflops": 125.0, "gbps": 900.0, "mem_gib": 16.0, "links": ["NVLink", "PCIe"]},
+    "T4": {"tflops": 65.0, "gbps": 320.0, "mem_gib": 16.0, "links": ["PCIe"]},  # no NVLink
 }
 UTILISATION = (0.30, 0.50)  # of fp16 peak reached by BERT-base training steps (assumed)
 LINKS_GBPS = {"NVLink": 150.0, "PCIe": 12.0}  # NCCL ring all-reduce bus bandwidth (assumed)
@@ -393,7 +393,7 @@ def estimate(m: dict[str, Any], plans: dict[int, dict], B: int) -> dict[str, Any
     for name, gpu in GPUS.items():
         for ckpt in (False, True):
             for world, p in plans.items():
-                for link in LINKS_GBPS if world > 1 else ["-"]:
+                for link in gpu["links"] if world > 1 else ["-"]:
                     row = {"gpu": name, "ckpt": ckpt, "world": world, "link": link}
                     for util in UTILISATION:
                         c, o, a = step_seconds(m, gpu, util, ckpt, world, link)
@@ -466,8 +466,8 @@ def report(res: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| GPU | ckpt | GPUs | link | step (ms) | all-reduce (ms) | run (h), serial | "
-        "run (h), overlapped | speed-up |",
+        "| GPU | ckpt | GPUs | link | step (ms) | all-reduce (ms) | run (min), serial | "
+        "run (min), overlapped | speed-up |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     one = {(r["gpu"], r["ckpt"]): r for r in est["time"] if r["world"] == 1 and r["link"] == "-"}
@@ -478,8 +478,12 @@ def report(res: dict[str, Any]) -> str:
         speed = fmt_range(
             n * base[lo]["step_s"] / a["step_s"], n * base[hi]["step_s"] / b["step_s"], ".1f"
         )
-        run = "-" if a["run_h"] is None else fmt_range(a["run_h"], b["run_h"])
-        run_o = "-" if a["run_h"] is None else fmt_range(a["run_overlap_h"], b["run_overlap_h"])
+        run = "-" if a["run_h"] is None else fmt_range(a["run_h"] * 60, b["run_h"] * 60, ".1f")
+        run_o = (
+            "-"
+            if a["run_h"] is None
+            else fmt_range(a["run_overlap_h"] * 60, b["run_overlap_h"] * 60, ".1f")
+        )
         lines.append(
             f"| {r['gpu']} | {'yes' if r['ckpt'] else 'no'} | {r['world']} | {r['link']} | "
             f"{fmt_range(a['step_s'] * 1e3, b['step_s'] * 1e3, '.0f')} | "
