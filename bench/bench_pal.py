@@ -3,6 +3,8 @@
     python bench/bench_pal.py            # MiniLM 32x64, 32x128 and random bert-base 16x64
     python bench/bench_pal.py --quick    # fewer rounds and iterations, no torch.compile
     python bench/bench_pal.py --shapes minilm:32x64 --rounds 7 --iters 5
+    python bench/bench_pal.py --memory   # peak memory of one train step of each variant
+    python bench/bench_pal.py --device cuda   # on a GPU: fp16 autocast, CUDA max-allocated
 
 Every variant runs in one process on the same padded batch. A round runs each variant
 ``iters`` times, the variants taking turns (one call each, in an order shuffled per round),
@@ -21,16 +23,26 @@ Variants (train = forward, mean loss, backward, SGD step; infer = eval mode, no_
   pal_mixed4     the batch's rows as four tasks' PALs (contiguous rows), against pal
   *_compiled     torch.compile of bare / PAL                   (infer)
 
-Raw per-call times and the summary go to bench/results/pal-<time>.json.
+Memory (``--memory``): each train variant's step runs in a fresh process of its own (so no
+allocator cache from another variant hides its growth); the figure is the peak resident set
+(VmHWM, reset just before the step) minus the resident set with the models built, i.e. the
+gradients and activations of one step. On CUDA it is ``torch.cuda.max_memory_allocated``
+over the step minus the memory allocated before it.
+
+Raw per-call times and the summary go to bench/results/pal-<time>.json (``--memory``:
+bench/results/memory-<time>.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -65,7 +77,7 @@ def palbert(name: str, kind: str, tasks: int = 1, mode: str = "full") -> PalBert
     for i in range(tasks):
         model.add_task(f"t{i}", MeanHead())
     model.set_train_mode(mode)
-    return model
+    return model.to(DEVICE)
 
 
 def lora(name: str, r: int) -> nn.Module:
@@ -73,41 +85,49 @@ def lora(name: str, r: int) -> nn.Module:
 
     torch.manual_seed(0)
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["query", "value"])
-    return get_peft_model(load_backbone(name).model, config)
+    return get_peft_model(load_backbone(name).model, config).to(DEVICE)
+
+
+DEVICE = torch.device("cpu")  # --device; on CUDA every call runs under fp16 autocast
 
 
 def step(model: nn.Module, call, train: bool):
     """One train step (forward, loss, backward, SGD) or one inference forward."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-5) if train else None
+    cuda = DEVICE.type == "cuda"
 
     def run() -> None:
         model.train(train)
-        if train:
-            call().float().mean().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad():
-                call()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            if train:
+                call().float().mean().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    call()
+        if cuda:  # the clock must see the kernels finish, not just their launch
+            torch.cuda.synchronize()
 
     return run
 
 
 def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     """name -> (run, group): the models of one shape, each behind a zero-argument call."""
-    bare = load_backbone(name).model
+    bare = load_backbone(name).model.to(DEVICE)
     pal = palbert(name, "pal")
     pal_frozen = palbert(name, "pal", mode="frozen")
     n_pal = sum(p.numel() for p in pal.task_modules.parameters())
-    cfg = pal.info.config
+    cfg = pal.backbone_info.config
     r_match = max(1, round(n_pal / (cfg.num_hidden_layers * 2 * 2 * cfg.hidden_size)))
     lora8, loraP = lora(name, 8), lora(name, r_match)
     low_rank = palbert(name, "low_rank", mode="frozen")
     adapter = palbert(name, "adapter", mode="frozen")
     mixed = palbert(name, "pal", tasks=4)
     B = batch["input_ids"].shape[0]
-    mixed_batch = {**batch, "task_ids": torch.arange(B) * 4 // B}  # four contiguous runs
+    task_ids = (torch.arange(B) * 4 // B).to(DEVICE)  # four contiguous runs of rows
+    mixed_batch = {**batch, "task_ids": task_ids}
 
     def enc(m):
         return lambda: m(**batch).last_hidden_state
@@ -150,6 +170,19 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     return {"train": train, "infer": infer}, params
 
 
+def shape_batch(shape: str) -> tuple[str, dict]:
+    """``backbone:BxT`` -> (backbone, a padded batch of random ids on DEVICE)."""
+    name, bt = shape.rsplit(":", 1)
+    B, T = (int(x) for x in bt.split("x"))
+    torch.manual_seed(0)
+    cfg = load_backbone(name).config
+    ids = torch.randint(1000, cfg.vocab_size, (B, T))
+    mask = torch.ones_like(ids)
+    mask[: B // 2, T * 3 // 4 :] = 0  # half the rows padded, as real batches are
+    batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    return name, {k: v.to(DEVICE) for k, v in batch.items()}
+
+
 def measure(runs: dict, rounds: int, iters: int, warmup: int, clock=time.perf_counter) -> dict:
     """Per-call seconds of each variant, rounds x iters, the variants taking turns."""
     for _ in range(warmup):
@@ -166,6 +199,64 @@ def measure(runs: dict, rounds: int, iters: int, warmup: int, clock=time.perf_co
                 runs[k]()
                 times[k][r].append(clock() - t0)
     return times
+
+
+def _proc_status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def step_memory(run) -> dict:
+    """Bytes one call of ``run`` adds at its peak: CUDA max-allocated on a GPU, else the
+    peak resident set (VmHWM, reset first through /proc/self/clear_refs) over the resident
+    set before the call. Call it on a fresh process's first step: memory an earlier step
+    freed stays resident in the allocator and would hide this one's growth."""
+    gc.collect()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - before, "kind": "cuda"}
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so growth shows
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set
+    except OSError as e:
+        raise SystemExit(f"--memory needs Linux's /proc/self/clear_refs: {e}") from e
+    before = _proc_status_kb("VmRSS")
+    run()
+    return {"peak_bytes": (_proc_status_kb("VmHWM") - before) * 1024, "kind": "cpu_rss"}
+
+
+TRAIN_VARIANTS = [
+    "bare",
+    "pal",
+    "pal_frozen",
+    "lora8_frozen",
+    "loraP_frozen",
+    "low_rank_frozen",
+    "adapter_frozen",
+    "pal_mixed4",
+]
+
+
+def memory_table(shapes: list[str], device: str) -> dict:
+    """Each (shape, train variant) in a fresh process (see step_memory); bytes by variant."""
+    out = {}
+    for shape in shapes:
+        out[shape] = {}
+        for variant in TRAIN_VARIANTS:
+            cmd = [sys.executable, __file__, "--shapes", shape, "--memory-of", variant]
+            cmd += ["--device", device]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+            out[shape][variant] = json.loads(done.stdout.splitlines()[-1])
+            mb = out[shape][variant]["peak_bytes"] / 2**20
+            print(f"  {shape:<24}{variant:<24}{mb:>9.1f} MiB", flush=True)
+    return out
 
 
 # (a, b): the ratio a / b is a goal of its own (issue 12), reported beside the ratios to bare
@@ -220,9 +311,22 @@ def main() -> None:
         help="cpu: this process's CPU time, steadier than wall time on a machine shared with "
         "other jobs (use with --threads 1, where no thread waits on another)",
     )
+    parser.add_argument("--memory", action="store_true", help="peak memory of a train step")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # one child
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (fp16 autocast)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_of:
+        (shape,) = args.shapes
+        groups, _ = variants(*shape_batch(shape), compile=False)
+        key = next(k for k in groups["train"] if k.split("(")[0] == args.memory_of)
+        print(json.dumps({"variant": key, **step_memory(groups["train"][key])}))
+        return
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     rounds = args.rounds or (3 if args.quick else 7)
     iters = args.iters or (2 if args.quick else 4)
@@ -235,20 +339,24 @@ def main() -> None:
         "clock": args.clock,
         "rounds": rounds,
         "iters": iters,
+        "device": torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu",
     }
     print(" ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
     command = " ".join(["python bench/bench_pal.py", *sys.argv[1:]])
+    if args.memory:
+        del machine["clock"], machine["rounds"], machine["iters"]
+        out = args.out or RESULTS / f"memory-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
+        table = memory_table(args.shapes, args.device)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine, "command": command, "memory": table}))
+        print(f"\nraw results: {out}")
+        return
     results = {"machine": machine, "command": command, "shapes": []}
     out = args.out or RESULTS / f"pal-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     for shape in args.shapes:
-        name, bt = shape.rsplit(":", 1)
-        B, T = (int(x) for x in bt.split("x"))
-        torch.manual_seed(0)
+        name, batch = shape_batch(shape)
+        T = batch["input_ids"].shape[1]
         cfg = load_backbone(name).config
-        ids = torch.randint(1000, cfg.vocab_size, (B, T))
-        mask = torch.ones_like(ids)
-        mask[: B // 2, T * 3 // 4 :] = 0  # half the rows padded, as real batches are
-        batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
         groups, params = variants(name, batch, compile)
         d = ModuleConfig(kind="pal").resolved(cfg.hidden_size).size
         flops = flops_ratio(cfg.hidden_size, cfg.num_hidden_layers, T, d, cfg.intermediate_size)

@@ -84,7 +84,7 @@ def table(folder: Path) -> str:
         f"({first['machine']['platform']}). Dev mean: the mean of the tasks' primary metrics (best in bold). "
         "Trainable / task: the mean over tasks of what one task trains (encoder included where "
         "it is fine-tuned); stored: encoder(s) plus all task modules over one encoder, heads "
-        "excluded. Settings: bench/accuracy/rows.py and recipes/bench/base.yaml.",
+        "excluded. Settings: bench/accuracy/rows.py and recipes/quickstart.yaml.",
     ]
     if len(budgets) > 1 or len(seeds) > 1:
         lines.append("**Warning: the rows ran with different budgets or seeds.**")
@@ -168,7 +168,7 @@ def plot(folder: Path, out: Path) -> Path:
 
 
 def describe_rows() -> str:
-    """Each row's settings on top of recipes/bench/base.yaml."""
+    """Each row's settings on top of recipes/quickstart.yaml."""
     out = []
     for r in ROWS.values():
         parts = [f"{r.name}: {r.title}", f"  runner: {r.runner}"]

@@ -9,7 +9,7 @@
     python bench/accuracy/run.py rows                     # each row's settings
     python bench/accuracy/run.py timing                   # seconds per micro-batch, load
 
-Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/bench/base.yaml``).
+Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/quickstart.yaml``).
 Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
 trainable parameters per task, stored parameters for all tasks as a multiple of one encoder,
 optimizer steps, batches and examples seen per task, wall seconds, the exact settings, seed,
@@ -87,9 +87,11 @@ class Context:
 
 
 def base_raw(ctx: Context) -> dict[str, Any]:
-    """base.yaml as plain data with the context's tasks, seed, data and output folders."""
+    """The quickstart as plain data with the context's tasks, seed, data and output folders,
+    and one metrics line per step (the bench counts each task's batches from them)."""
     raw = yaml.safe_load(BASE_RECIPE.read_text())
     by_name = {(e if isinstance(e, str) else e["name"]): e for e in raw["tasks"]}
+    by_name.update({k: v for k, v in OPTIONAL_TASKS.items() if k not in by_name})
     missing = [t for t in ctx.tasks if t not in by_name]
     if missing:
         raise SystemExit(f"{BASE_RECIPE}: no task entry for {', '.join(missing)}")
@@ -97,6 +99,7 @@ def base_raw(ctx: Context) -> dict[str, Any]:
     raw["train"]["seed"] = ctx.seed
     raw["data_dir"] = str(ctx.data_dir)
     raw["output_dir"] = str(ctx.runs)
+    raw["train"]["log_every"] = 1
     return raw
 
 

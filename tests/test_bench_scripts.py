@@ -1,0 +1,47 @@
+"""The bench scripts run against today's API: bench_pal.py once broke silently when a model
+attribute was renamed. Tiny shapes, one call each; no timing is asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_pal  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def minilm_variants():
+    name, batch = bench_pal.shape_batch("minilm:4x16")
+    return bench_pal.variants(name, batch, compile=False)
+
+
+def test_every_bench_pal_variant_runs_and_counts_parameters(minilm_variants):
+    groups, params = minilm_variants
+    assert {k.split("(")[0] for k in groups["train"]} == set(bench_pal.TRAIN_VARIANTS)
+    times = bench_pal.measure({**groups["train"]}, rounds=1, iters=1, warmup=0)
+    assert all(len(t[0]) == 1 and t[0][0] > 0 for t in times.values())
+    bench_pal.measure(groups["infer"], rounds=1, iters=1, warmup=0)
+    # MiniLM PALs: d_pal = 102 (384 * 204 / 768); V^E, V^D shared, Q/K/V per layer (6 layers)
+    d, H, L = 102, 384, 6
+    assert params["pal"] == 2 * H * d + d + H + L * (3 * d * d + 3 * d)
+    assert params["lora8"] == L * 2 * 8 * (H + H)  # r=8 on query and value
+
+
+def test_bench_pal_step_memory_sees_the_step_grow(minilm_variants):
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs")
+    groups, _ = minilm_variants
+    seen = bench_pal.step_memory(groups["train"]["bare"])
+    assert seen["kind"] == "cpu_rss" and seen["peak_bytes"] > 0
+
+
+def test_flops_ratio_matches_the_count_by_hand():
+    # bert-base at 128 tokens: per layer 4H^2 + 2TH + 2H*ffn, PAL 2Hd + 3d^2 + 2Td
+    H, T, d, ffn = 768, 128, 204, 3072
+    layer = 4 * H * H + 2 * T * H + 2 * H * ffn
+    assert bench_pal.flops_ratio(H, 12, T, d, ffn) == pytest.approx(
+        (layer + 2 * H * d + 3 * d * d + 2 * T * d) / layer
+    )
