@@ -5,11 +5,13 @@ Commands (registered in the ``palbert`` CLI by :func:`add_commands`)::
     palbert export [RUN_DIR] --task sts [--out DIR] [--dtype float16|bfloat16|float32]
     palbert export [RUN_DIR] --task all [--out DIR]     # DIR/<task>.safetensors for each task
     palbert export RUN_DIR --backbone [--out DIR]       # DIR/backbone/: the fine-tuned encoder
-
-``--out`` is always a folder, by default ``RUN_DIR/export``.
     palbert eval [RUN_DIR | FILE.safetensors ...] [--backbone NAME] [--split dev]
     palbert predict [RUN_DIR | FILE.safetensors ...] [--split dev|test | --input FILE]
                     [--out DIR] [--format cs224n|csv|jsonl]
+
+``--out`` is always a folder, by default ``RUN_DIR/export``. The task files of a run that
+fine-tuned its encoder work only on that encoder, so ``--task`` writes it as well
+(``OUT/backbone/``), and eval/predict of task files find it there.
 
 RUN_DIR defaults to the newest complete run (one with a ``COMPLETE`` file) under
 ``checkpoints/``. A run folder is read by :func:`palbert.training.run.load_run`; its
@@ -193,8 +195,8 @@ def open_models(
 ):
     """``(model, tasks)`` from a run folder (default: the newest) or from task files.
 
-    Task files load onto ``backbone`` (default: the one named in the first file, unless it
-    was a fine-tuned encoder, which must be given).
+    Task files load onto ``backbone`` (default: the one named in the first file; for a
+    fine-tuned encoder, the ``backbone/`` folder beside it that ``palbert export`` wrote).
     """
     files = [Path(p) for p in paths]
     if len(files) == 1 and files[0].is_dir() and not is_run_dir(files[0]):
@@ -212,12 +214,13 @@ def open_models(
         return model, tasks
     first = read_task_file(files[0]).backbone
     if backbone is None:
-        if first.get("fine_tuned"):
+        beside = files[0].parent / "backbone"  # where `palbert export` writes it
+        if first.get("fine_tuned") and not (beside / "config.json").is_file():
             raise ExportError(
-                f"{files[0]} was trained with a fine-tuned encoder: pass --backbone with the folder "
-                "written by `palbert export RUN_DIR --backbone`"
+                f"{files[0]} was trained with a fine-tuned encoder and no {beside}/ is beside "
+                "it: pass --backbone with the folder written by `palbert export RUN_DIR`"
             )
-        backbone = first.get("name")
+        backbone = str(beside) if first.get("fine_tuned") else first.get("name")
         say(f"backbone {backbone} (from {files[0].name})")
     model = PalBert.from_pretrained(backbone, impl=impl or first.get("impl", "transformers"))
     tasks = {}
@@ -292,13 +295,13 @@ def _export(args: argparse.Namespace) -> int:
         for path in export_run(run, args.task, out, args.dtype, loaded=loaded):
             tf_name = path.name.removesuffix(".safetensors")
             print(f"{tf_name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    if args.backbone:
+    # the task files of a run that fine-tuned its encoder work only on that encoder
+    if args.backbone or (args.task is not None and trained_backbone(run)):
         folder = export_backbone(model, out / "backbone")
-        print(f"backbone -> {folder}/")
+        print(f"backbone -> {folder}/ (the run's fine-tuned encoder)")
     if args.task is not None:
         files = out / ("*.safetensors" if args.task == "all" else f"{args.task}.safetensors")
-        on = f" --backbone {out / 'backbone'}" if trained_backbone(run) else ""
-        print(f"use them: palbert eval {files}{on}")
+        print(f"use them: palbert eval {files}")
     return 0
 
 
@@ -386,7 +389,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--backbone",
         action="store_true",
-        help="also write the run's fine-tuned encoder as a transformers folder (OUT/backbone)",
+        help="write the run's fine-tuned encoder as a transformers folder (OUT/backbone); "
+        "--task does it too when the run trained its encoder",
     )
     p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
     p.set_defaults(func=_export)

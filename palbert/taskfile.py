@@ -243,8 +243,8 @@ def check_backbone(
     mine = fingerprint()
     if fp != mine:
         hint = (
-            "it was trained with a fine-tuned encoder: load the backbone exported by "
-            "`palbert export RUN_DIR --backbone`"
+            "it was trained with a fine-tuned encoder: load it on the backbone/ folder that "
+            "`palbert export` writes beside its task files"
             if tf.backbone.get("fine_tuned")
             else f"load it on PalBert.from_pretrained({wanted!r})"
         )

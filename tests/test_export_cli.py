@@ -214,8 +214,8 @@ def test_full_run_exports_its_encoder(tmp_path, data, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"sim -> {tmp_path / 'sim.safetensors'}" in printed
-    assert f"palbert eval {tmp_path / 'sim.safetensors'} --backbone {out}" not in printed
-    assert f"--backbone {tmp_path / 'backbone'}" in printed
+    assert f"backbone -> {tmp_path / 'backbone'}/" in printed
+    assert f"use them: palbert eval {tmp_path / 'sim.safetensors'}\n" in printed
     out = tmp_path / "backbone"
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(out))
 
@@ -360,12 +360,17 @@ def test_trained_run_end_to_end(tmp_path, data, capsys):
 
     files = tmp_path / "files"
     enc = files / "backbone"
-    args = ["export", str(run), "--task", "all", "--out", str(files), "--backbone"]
-    assert main(args) == 0
-    args = ["eval", str(files), "--backbone", str(enc), "--data-dir", str(data)]
+    # the run trained its encoder: exporting its tasks writes the encoder beside them
+    assert main(["export", str(run), "--task", "all", "--out", str(files)]) == 0
+    assert (enc / "config.json").is_file()
+    args = ["eval", str(files), "--data-dir", str(data)]  # finds files/backbone
     assert main([*args, "--json", str(tmp_path / "files.json")]) == 0
     assert json.loads((tmp_path / "files.json").read_text()) == scores
-    # without --backbone, files of a fine-tuned run say which encoder they need
+    # moved elsewhere: --backbone names it; without it, the files say which encoder they need
+    enc = enc.rename(tmp_path / "encoder")
+    args = ["eval", str(files), "--backbone", str(enc), "--data-dir", str(data)]
+    assert main([*args, "--json", str(tmp_path / "moved.json")]) == 0
+    assert json.loads((tmp_path / "moved.json").read_text()) == scores
     assert main(["eval", str(files), "--data-dir", str(data)]) == 2
     assert "fine-tuned encoder" in capsys.readouterr().err
 
