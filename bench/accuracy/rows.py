@@ -2,7 +2,7 @@
 
 Every row starts from ``recipes/quickstart.yaml`` (backbone, tasks, heads, batch size,
 max_length, optimizer, schedule, seed) and changes only what is written here: the
-quickstart *is* the ``pal-full`` row. The budget is
+quickstart *is* the ``pal-full-annealed`` row. The budget is
 the same for every row: ``budget`` micro-batches of ``train.batch_size`` rows in all. The
 tasks' shares are the plan of ``PLAN_ROW``: the micro-batches per task that palbert's
 proportional sampler draws (a pure function of the seed and the tasks' sizes), so each task
@@ -55,11 +55,13 @@ class Row:
     annealed_epochs: int | None = None  # sampler epochs within the budget (annealed rows)
 
 
-ONE_TASK_PER_STEP = {"sampler": {"kind": "proportional", "per": "step"}}
+# the quickstart's annealed sampler replaced (its fixed 200-step epochs included)
+PROPORTIONAL = {"kind": "proportional", "epoch": "sum", "steps_per_epoch": None}
+ONE_TASK_PER_STEP = {"sampler": {**PROPORTIONAL, "per": "step"}}
 SHARED = {
     "module": {"kind": "none"},
     "train": {"mode": "full"},  # grad_accum and per-task batch sizes set from the budget
-    "sampler": {"kind": "round_robin", "per": "micro_batch"},
+    "sampler": {**PROPORTIONAL, "kind": "round_robin", "per": "micro_batch"},
 }
 
 ROWS: dict[str, Row] = {
@@ -68,18 +70,14 @@ ROWS: dict[str, Row] = {
         Row(
             "pal-full",
             "palbert",
-            "palbert PALs, encoder fine-tuned (proportional sampling): the quickstart",
+            "palbert PALs, encoder fine-tuned (proportional sampling)",
             {"module": {"kind": "pal"}, "train": {"mode": "full"}, **ONE_TASK_PER_STEP},
         ),
         Row(
             "pal-full-annealed",
             "palbert",
-            "palbert PALs, encoder fine-tuned (annealed sampling)",
-            {
-                "module": {"kind": "pal"},
-                "train": {"mode": "full"},
-                "sampler": {"kind": "annealed", "per": "step", "epoch": "fixed"},
-            },
+            "palbert PALs, encoder fine-tuned (annealed sampling): the quickstart",
+            {"module": {"kind": "pal"}, "train": {"mode": "full"}},
             # alpha 1.0, 0.6, 0.2 over three equal thirds of the budget (with one epoch the
             # annealed sampler is the proportional one)
             annealed_epochs=3,
@@ -106,12 +104,14 @@ ROWS: dict[str, Row] = {
             "separate",
             "separate",
             "separately fine-tuned models, one per task",
-            {"module": {"kind": "none"}, "train": {"mode": "full"}},
+            {"module": {"kind": "none"}, "train": {"mode": "full"}, **ONE_TASK_PER_STEP},
         ),
         Row(
             "peft-lora",
             "per_task",
             "Hugging Face PEFT LoRA (r=8, query/value), one adapter per task, frozen encoder",
+            # the plan_from row's steps replayed on a frozen encoder (see per_task.py)
+            {"train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
             method={
                 "library": "peft",
                 "r": 8,
@@ -137,6 +137,8 @@ ROWS: dict[str, Row] = {
             "adapterhub",
             "per_task",
             "AdapterHub `adapters` Houlsby adapters (double_seq_bn), frozen encoder",
+            # the plan_from row's steps replayed on a frozen encoder (see per_task.py)
+            {"train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
             # the bottleneck of palbert's adapters for MiniLM (round(64 H / 768) = 32,
             # i.e. reduction factor 384 / 32 = 12), so the two adapter rows differ only by
             # library; AdapterHub's other Houlsby defaults are kept
