@@ -242,14 +242,14 @@ TRAIN_VARIANTS = [
 ]
 
 
-def memory_table(shapes: list[str], device: str) -> dict:
+def memory_table(shapes: list[str], device: str, threads: int | None) -> dict:
     """Each (shape, train variant) in a fresh process (see step_memory); bytes by variant."""
     out = {}
     for shape in shapes:
         out[shape] = {}
         for variant in TRAIN_VARIANTS:
             cmd = [sys.executable, __file__, "--shapes", shape, "--memory-of", variant]
-            cmd += ["--device", device]
+            cmd += ["--device", device] + (["--threads", str(threads)] if threads else [])
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
@@ -346,7 +346,7 @@ def main() -> None:
     if args.memory:
         del machine["clock"], machine["rounds"], machine["iters"]
         out = args.out or RESULTS / f"memory-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
-        table = memory_table(args.shapes, args.device)
+        table = memory_table(args.shapes, args.device, args.threads)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"machine": machine, "command": command, "memory": table}))
         print(f"\nraw results: {out}")
