@@ -55,7 +55,12 @@ def test_rows_share_the_budget_per_task(tmp_path):
     raw = run.palbert_raw(get_row("shared-pcgrad"), _ctx(tmp_path), sizes)
     assert raw["train"]["grad_accum"] == 3 and raw["train"]["pcgrad"] is True
     assert raw["train"]["max_steps"] == raw["eval"]["every"] == 200
-    assert raw["sampler"] == {"kind": "round_robin", "epoch": "sum", "per": "micro_batch"}
+    assert raw["sampler"] == {
+        "kind": "round_robin",
+        "epoch": "sum",
+        "steps_per_epoch": None,
+        "per": "micro_batch",
+    }
     # every task's micro-batches come from the PAL rows' sampler plan (palbert's proportional
     # draws for seed 0); the shared rows' batch sizes (96 rows a step) follow those shares
     counts = run.plan_counts(_ctx(tmp_path), sizes)
@@ -161,3 +166,18 @@ def test_two_rows_two_steps_json_table_and_plot(data_dir, tmp_path, monkeypatch)
 
     png = report.plot(results, tmp_path / "acc.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_the_quickstart_is_the_annealed_pal_row(tmp_path):
+    """recipes/quickstart.yaml trains exactly what the table's winning PAL row trains; only
+    where the run goes, how often it logs and the data folder differ."""
+    from palbert.recipe import load_recipe, recipe_from_dict
+
+    row = recipe_from_dict(run.palbert_raw(get_row("pal-full-annealed"), _ctx(tmp_path), None))
+    quick = load_recipe(run.BASE_RECIPE)
+    differ = ("name", "output_dir", "data_dir")
+    a, b = row.to_dict(), quick.to_dict()
+    assert {k for k in a if a[k] != b[k]} <= set(differ) | {"train"}
+    a["train"].pop("log_every"), b["train"].pop("log_every")
+    assert a["train"] == b["train"]
+    assert quick.sampler.kind == "annealed" and quick.train.mode == "full"
