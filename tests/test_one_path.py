@@ -117,3 +117,16 @@ def test_length_batches_waste_little_padding_on_the_dev_sets(name, data_dir, tok
         assert padding_waste(lengths, 64) < 0.10
         batches = length_batches(lengths, 64)
         assert sorted(i for b in batches for i in b.tolist()) == list(range(len(lengths)))
+
+
+def test_the_default_data_folder_serves_a_copy_without_the_test_split(tmp_path, monkeypatch):
+    """The shared CS224N copy has no quora-test-student.csv: dev must still be found there."""
+    from palbert.tasks import build_task
+
+    data = tmp_path / "shared" / "data" / "cs224n"
+    data.mkdir(parents=True)
+    (data / "quora-dev.csv").write_text("id\tsentence1\tsentence2\tis_duplicate\n")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.delenv("PALBERT_DATA_DIR", raising=False)
+    assert build_task("quora").data_dir == data.resolve()

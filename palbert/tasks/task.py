@@ -439,13 +439,13 @@ def _numpy(x: Any):
 
 def _default_data_dir(spec: TaskSpec) -> Path | None:
     """``$PALBERT_DATA_DIR``, else the default folder of :mod:`palbert.tasks.paths` when it holds
-    the spec's relative files (the CS224N ones for built-in tasks), else None: the current
-    folder."""
+    any of the spec's relative files (the CS224N ones for built-in tasks: a copy without the
+    test split still serves train and dev), else None: the current folder."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
     needed = [f for f in spec.files.values() if not Path(f).expanduser().is_absolute()]
     found = default_data_dir(needed) if needed else None
-    return found if found is not None and all((found / f).is_file() for f in needed) else None
+    return found if found is not None and any((found / f).is_file() for f in needed) else None
 
 
 def build_task(
