@@ -48,7 +48,13 @@ def table(folder: Path) -> str:
     head = (
         ["row"]
         + [TASK_COLUMNS.get(t, t) for t in tasks]
-        + ["dev mean", "trainable / task", "stored (x encoder)", "examples / task", "wall min"]
+        + [
+            "dev mean",
+            "trainable / task",
+            "stored (x encoder)",
+            "examples / task",
+            "CPU min (wall)",
+        ]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
@@ -70,7 +76,7 @@ def table(folder: Path) -> str:
             millions(mean_trainable(r)),
             f"{r['params']['stored_multiple']:.3f}",
             " / ".join(str(ex.get(t, "-")) for t in tasks),
-            f"{r['wall_s'] / 60:.1f}",
+            f"{r['cpu_s'] / 60:.1f} ({r['wall_s'] / 60:.1f})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     first = results[0]
