@@ -202,7 +202,7 @@ def test_refuses_other_weights_unless_forced(tiny, tmp_path):
 def test_fine_tuned_backbone_is_named_in_the_refusal(tiny, tmp_path):
     path = tiny.save_task("sts", tmp_path / "sts.safetensors", fine_tuned=True)
     other = PalBert.from_pretrained("random:tiny")
-    with pytest.raises(TaskFileError, match="fine-tuned encoder.*--backbone"):
+    with pytest.raises(TaskFileError, match="fine-tuned encoder: load it on the backbone/ folder"):
         other.load_task(path)
 
 
