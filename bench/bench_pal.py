@@ -47,6 +47,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -170,8 +171,8 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     return {"train": train, "infer": infer}, params
 
 
-def shape_batch(shape: str) -> tuple[str, dict]:
-    """``backbone:BxT`` -> (backbone, a padded batch of random ids on DEVICE)."""
+def shape_batch(shape: str) -> tuple[str, dict, Any]:
+    """``backbone:BxT`` -> (backbone, a padded batch of random ids on DEVICE, its config)."""
     name, bt = shape.rsplit(":", 1)
     B, T = (int(x) for x in bt.split("x"))
     torch.manual_seed(0)
@@ -180,7 +181,7 @@ def shape_batch(shape: str) -> tuple[str, dict]:
     mask = torch.ones_like(ids)
     mask[: B // 2, T * 3 // 4 :] = 0  # half the rows padded, as real batches are
     batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-    return name, {k: v.to(DEVICE) for k, v in batch.items()}
+    return name, {k: v.to(DEVICE) for k, v in batch.items()}, cfg
 
 
 def measure(runs: dict, rounds: int, iters: int, warmup: int, clock=time.perf_counter) -> dict:
@@ -323,7 +324,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.memory_of:
         (shape,) = args.shapes
-        groups, _ = variants(*shape_batch(shape), compile=False)
+        name, batch, _ = shape_batch(shape)
+        groups, _ = variants(name, batch, compile=False)
         key = next(k for k in groups["train"] if k.split("(")[0] == args.memory_of)
         print(json.dumps({"variant": key, **step_memory(groups["train"][key])}))
         return
@@ -354,9 +356,8 @@ def main() -> None:
     results = {"machine": machine, "command": command, "shapes": []}
     out = args.out or RESULTS / f"pal-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     for shape in args.shapes:
-        name, batch = shape_batch(shape)
+        name, batch, cfg = shape_batch(shape)
         T = batch["input_ids"].shape[1]
-        cfg = load_backbone(name).config
         groups, params = variants(name, batch, compile)
         d = ModuleConfig(kind="pal").resolved(cfg.hidden_size).size
         flops = flops_ratio(cfg.hidden_size, cfg.num_hidden_layers, T, d, cfg.intermediate_size)

@@ -14,7 +14,7 @@ import bench_pal  # noqa: E402
 
 @pytest.fixture(scope="module")
 def minilm_variants():
-    name, batch = bench_pal.shape_batch("minilm:4x16")
+    name, batch, _ = bench_pal.shape_batch("minilm:4x16")
     return bench_pal.variants(name, batch, compile=False)
 
 
