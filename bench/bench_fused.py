@@ -3,10 +3,9 @@
     python bench/bench_fused.py                       # MiniLM 32x64, wall clock
     python bench/bench_fused.py --threads 1 --clock cpu --shape minilm:32x128
 
-Variants: "fused" (palbert as shipped); "plain_qkv" (three Q/K/V GEMMs); "plain_vd"
-(V^D, then its bias and the residual sum as separate passes); "plain_mixed" (mixed-batch rows
-gathered, scattered into zeros, then added) on a four-task batch against "fused" on the same
-four-task batch; "plain" (all of them, the formulas as written). Rounds, turns and ratios as
+Variants: "fused" (palbert as shipped); "plain_qkv" (three Q/K/V GEMMs); "plain_mixed"
+(mixed-batch rows gathered, scattered into zeros, then added) on a four-task batch against
+"fused" on the same four-task batch; "plain" (all of them, the formulas as written). Rounds, turns and ratios as
 in bench_pal.py; results to bench/results/fused-<time>.json.
 """
 
@@ -25,17 +24,11 @@ from bench_pal import RESULTS, measure, palbert, ratio, step
 # The unfused references are the ones tests/test_fused.py checks the fused paths against.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from palbert import load_backbone
-from palbert.layers import LowDimAttention, Router, adapter, low_rank, pal
+from palbert.layers import LowDimAttention, Router
 from tests.test_fused import plain_attention, plain_term  # noqa: E402
-
-
-def plain_linear_add(base, y, linear):
-    return base + linear(y)
-
 
 PATCHES = {
     "qkv": [(LowDimAttention, "forward", plain_attention)],
-    "vd": [(m, "linear_add", plain_linear_add) for m in (pal, low_rank, adapter)],
     "mixed": [(Router, "term", plain_term)],
 }
 
@@ -95,8 +88,7 @@ def main() -> None:
             "bare": bare_run,
             "fused": pal_run,
             "plain_qkv": patched(pal_run, ["qkv"]),
-            "plain_vd": patched(pal_run, ["vd"]),
-            "plain": patched(pal_run, ["qkv", "vd", "mixed"]),
+            "plain": patched(pal_run, ["qkv", "mixed"]),
             "mixed4_fused": mix_run,
             "mixed4_plain_mixed": patched(mix_run, ["mixed"]),
         }

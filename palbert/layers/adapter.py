@@ -11,7 +11,7 @@ from torch import nn
 
 from palbert.activations import activation as make_activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import linear_add, reset_parameters
+from palbert.layers.pal import reset_parameters
 
 
 class Bottleneck(nn.Module):
@@ -21,10 +21,9 @@ class Bottleneck(nn.Module):
         self.up = nn.Linear(m, hidden_size)
         self.act = make_activation(activation)
 
-    def forward(self, x: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-        """W_up g(W_down x), added to ``base`` in the same GEMM when given."""
-        g = self.act(self.down(x))
-        return self.up(g) if base is None else linear_add(base, g, self.up)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """W_up g(W_down x)."""
+        return self.up(self.act(self.down(x)))
 
 
 class Adapter(nn.Module):
@@ -41,13 +40,13 @@ class Adapter(nn.Module):
         reset_parameters(self, config.init, outputs=ups)
 
     def attention_bottleneck(
-        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None, base=None
+        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """The adapter's addition to the attention output projection's result x (plus base)."""
-        return self.attention[str(layer)](x, base) if layer in self.layer_ids else None
+        """The adapter's addition to the attention output projection's result x."""
+        return self.attention[str(layer)](x) if layer in self.layer_ids else None
 
     def ffn_bottleneck(
-        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None, base=None
+        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """The adapter's addition to the feed-forward output projection's result x (plus base)."""
-        return self.ffn[str(layer)](x, base) if layer in self.layer_ids else None
+        """The adapter's addition to the feed-forward output projection's result x."""
+        return self.ffn[str(layer)](x) if layer in self.layer_ids else None

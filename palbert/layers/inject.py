@@ -101,19 +101,20 @@ class Router:
     def term(
         self, method: str, layer: int, x: torch.Tensor, base: torch.Tensor, route: Route
     ) -> torch.Tensor | None:
-        """``base`` plus the routed task modules' contribution computed from ``x``, or None
-        if no module contributes (the caller then keeps ``base`` as it is)."""
+        """``base`` plus the routed task modules' terms computed from ``x``, or None if no
+        module contributes (the caller then keeps ``base`` as it is)."""
         if route.task is not None:
             fn = self._method(route.task, method)
-            return None if fn is None else fn(layer, x, route.mask, base)
+            t = None if fn is None else fn(layer, x, route.mask)
+            return None if t is None else base + t
         if route.contiguous:
             # every task's rows are one slice: views in, one concatenation out
             pieces, added = [], False
             for name, rows, mask in route.groups:
                 fn = self._method(name, method)
-                out = None if fn is None else fn(layer, x[rows], mask, base[rows])
-                added |= out is not None
-                pieces.append(base[rows] if out is None else out)
+                t = None if fn is None else fn(layer, x[rows], mask)
+                added |= t is not None
+                pieces.append(base[rows] if t is None else base[rows] + t)
             return torch.cat(pieces) if added else None
         out = None
         for name, rows, mask in route.groups:

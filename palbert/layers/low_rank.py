@@ -7,7 +7,7 @@ from torch import nn
 
 from palbert.activations import activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import linear_add, reset_parameters
+from palbert.layers.pal import reset_parameters
 
 
 class LowRank(nn.Module):
@@ -32,16 +32,11 @@ class LowRank(nn.Module):
         reset_parameters(self, config.init, outputs=outputs)
 
     def residual(
-        self,
-        layer: int,
-        h: torch.Tensor,
-        mask: torch.Tensor | None,
-        base: torch.Tensor | None = None,
+        self, layer: int, h: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """TS(h) (``base + TS(h)`` if ``base`` is given), or None outside the chosen layers."""
+        """TS(h), or None outside the chosen layers."""
         if layer not in self.layer_ids:
             return None
         V_E = self.V_E if self.config.shared else self.V_E[str(layer)]
         V_D = self.V_D if self.config.shared else self.V_D[str(layer)]
-        g = self.act(V_E(h))
-        return V_D(g) if base is None else linear_add(base, g, V_D)
+        return V_D(self.act(V_E(h)))

@@ -54,23 +54,6 @@ def sdpa_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None, None, :].bool()
 
 
-def linear_add(base: torch.Tensor, y: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``base + linear(y)``; on CPU as one GEMM that accumulates onto ``base``.
-
-    The bias rides along as one more input column of ones, so neither the bias nor the sum
-    makes a pass of its own over the (B, T, H) output: on CPU such passes cost as much as the
-    small GEMM itself. GPUs add the bias inside the GEMM and are bound by kernel launches at
-    these sizes, where the extra concatenations would cost more than the pass they save.
-    Under autocast the GEMM would round ``base`` (the residual stream) to half precision.
-    """
-    if base.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-        return base + linear(y)
-    W = torch.cat([linear.weight, linear.bias[:, None]], dim=1)  # (H, d + 1)
-    y1 = torch.cat([y, y.new_ones(*y.shape[:-1], 1)], dim=-1)  # (..., d + 1)
-    out = torch.addmm(base.reshape(-1, base.shape[-1]), y1.reshape(-1, y1.shape[-1]), W.t())
-    return out.view(base.shape)
-
-
 class PAL(nn.Module):
     """One task's PALs for every injected layer.
 
@@ -110,24 +93,16 @@ class PAL(nn.Module):
         self.active = set(sorted(self.layer_ids)[-n:]) if n > 0 else set()
 
     def residual(
-        self,
-        layer: int,
-        h: torch.Tensor,
-        mask: torch.Tensor | None,
-        base: torch.Tensor | None = None,
+        self, layer: int, h: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """TS(h) for this layer (``base + TS(h)`` if ``base`` is given), or None where no PAL
-        is active. ``mask`` as in :meth:`LowDimAttention.forward`."""
+        """TS(h) for this layer, or None where no PAL is active. ``mask`` as in
+        :meth:`LowDimAttention.forward`."""
         if layer not in self.active:
             return None
         key = str(layer)
         V_E = self.V_E if self.config.shared else self.V_E[key]
         V_D = self.V_D if self.config.shared else self.V_D[key]
-        y = self.attn[key](V_E(h), mask)
-        if base is not None and isinstance(self.act, nn.Identity):
-            return linear_add(base, y, V_D)
-        ts = self.act(V_D(y))
-        return ts if base is None else base + ts
+        return self.act(V_D(self.attn[key](V_E(h), mask)))
 
 
 def reset_parameters(module: nn.Module, init: str, outputs: list[nn.Linear]) -> None:
