@@ -45,3 +45,22 @@ def test_flops_ratio_matches_the_count_by_hand():
     assert bench_pal.flops_ratio(H, 12, T, d, ffn) == pytest.approx(
         (layer + 2 * H * d + 3 * d * d + 2 * T * d) / layer
     )
+
+
+def test_paired_ratio_and_its_interval():
+    # a is 1.1x b in every turn while the machine's speed drifts 2x between rounds:
+    # per-turn pairing sees 1.1 exactly, and the interval has no width
+    b = [[1.0, 1.0], [2.0, 2.0], [1.5, 1.5]]
+    a = [[1.1 * t for t in r] for r in b]
+    row = bench_pal.ratio({"a": a, "b": b}, "a", "b")
+    assert row["ratio_paired"] == pytest.approx(1.1)
+    assert row["ci95_paired"] == pytest.approx((1.1, 1.1))
+    lo, hi = bench_pal.bootstrap_ci([0.9, 1.0, 1.1, 1.2, 1.3] * 4)
+    assert 0.9 <= lo < 1.1 < hi <= 1.3
+
+
+def test_variants_filter_keeps_bare_and_matches_names_before_the_rank():
+    assert bench_pal.keep("bare", ["pal"])
+    assert bench_pal.keep("loraP_frozen(r=29)", ["loraP_frozen"])
+    assert not bench_pal.keep("pal_frozen", ["pal"])
+    assert bench_pal.keep("anything", None)
