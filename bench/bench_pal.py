@@ -111,6 +111,7 @@ def step(model: nn.Module, call, train: bool):
         if cuda:  # the clock must see the kernels finish, not just their launch
             torch.cuda.synchronize()
 
+    run.model = model  # for gpu_paper.py's census
     return run
 
 

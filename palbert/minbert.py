@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig
 
 from palbert.errors import BackboneError
+from palbert.masks import sdpa_padding_mask
 
 
 @dataclass
@@ -170,16 +171,6 @@ class Encoder(nn.Module):
             if hidden_states is not None:
                 hidden_states.append(x)
         return MinBertOutput(x, tuple(hidden_states) if hidden_states is not None else None)
-
-
-def sdpa_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The (B, T) 0/1 padding mask as a (B, 1, 1, T) boolean mask for SDPA (True = attend).
-
-    Returns None when nothing is padded, which lets SDPA take its fastest path.
-    """
-    if attention_mask is None or bool(attention_mask.all()):
-        return None
-    return attention_mask.bool()[:, None, None, :]  # broadcasts over heads and queries
 
 
 class MinBert(nn.Module):

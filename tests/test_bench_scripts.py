@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_pal  # noqa: E402
@@ -64,3 +65,32 @@ def test_variants_filter_keeps_bare_and_matches_names_before_the_rank():
     assert bench_pal.keep("loraP_frozen(r=29)", ["loraP_frozen"])
     assert not bench_pal.keep("pal_frozen", ["pal"])
     assert bench_pal.keep("anything", None)
+
+
+def test_gpu_census_counts_kernels_not_views():
+    import gpu_paper
+
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16), gpu_paper.Census() as c:
+        lin(x).view(8).t()  # the view and the transpose launch nothing
+    names = [k[0] for k in c.kernels]
+    assert names.count("addmm") == 1 and "view" not in names and "t" not in names
+    assert names.count("_to_copy") == 3  # autocast casts input, weight and bias to bf16
+    (flops,) = [f for n, f, _ in c.kernels if n == "addmm"]
+    assert flops == 2 * 2 * 8 * 4
+
+
+def test_gpu_census_adds_cuda_dropout_and_prices_kernels(minilm_variants):
+    import gpu_paper
+
+    groups, _ = minilm_variants
+    train = gpu_paper.census(groups["train"]["bare"], train=True)
+    # MiniLM: the embeddings' dropout and two per layer, each a forward and a backward kernel
+    assert train["by_op"]["native_dropout"] == train["by_op"]["native_dropout_backward"] == 13
+    assert "bernoulli_" not in train["by_op"]  # CPU's own dropout ops were switched off
+    infer = gpu_paper.census(groups["infer"]["pal"], train=False)
+    assert "native_dropout" not in infer["by_op"]
+    gpu = {"tflops": 1.0, "gbps": 1.0}  # 1e12 FLOP/s at utilisation 1, 1e9 B/s
+    kernels = [("tiny", 10, 10), ("gemm", 10**10, 10)]
+    assert gpu_paper.gpu_seconds(kernels, gpu, util=1.0, launch=1e-5) == pytest.approx(1e-5 + 1e-2)

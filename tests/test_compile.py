@@ -56,3 +56,20 @@ def test_compiled_model_equals_eager(impl):
     assert any(k.startswith("task_modules.b.") for k in grads[0])
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["transformers", "minbert"])
+def test_one_task_forward_traces_as_one_graph(impl):
+    # a graph break (once: the padding check's data-dependent branch) splits the compiled
+    # model in two and costs speed; the route's Python must all trace
+    torch._dynamo.reset()
+    module = ModuleConfig(kind="pal", size=8, heads=2)
+    model = PalBert.from_pretrained("random:tiny", impl=impl, module=module).eval()
+    model.add_task("a", MeanHead())
+    ids = torch.randint(5, 1000, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(batch, task="a")
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from palbert.layers.pal import sdpa_mask
+from palbert.masks import sdpa_padding_mask
 
 Rows = slice | torch.Tensor  # a contiguous run of rows (a view, no copy) or their indices
 
@@ -50,8 +50,7 @@ class Route:
         task_ids: torch.Tensor | None = None,
         names: list[str] | None = None,
     ) -> Route:
-        # One check per forward (not per layer): no mask lets SDPA take its fast path.
-        mask = None if bool(mask.all()) else sdpa_mask(mask)
+        mask = sdpa_padding_mask(mask)  # once per forward, shared by every layer's PAL
         if task_ids is None:
             return cls(mask=mask, task=task)
         found = []

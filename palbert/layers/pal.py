@@ -18,6 +18,7 @@ from torch import nn
 
 from palbert.activations import activation
 from palbert.layers.config import ModuleConfig
+from palbert.masks import sdpa_padding_mask
 
 
 class LowDimAttention(nn.Module):
@@ -31,7 +32,7 @@ class LowDimAttention(nn.Module):
         self.value = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``mask``: (B, T) with 1 for real tokens, its :func:`sdpa_mask`, or None (no padding)."""
+        """``mask``: (B, T) with 1 for real tokens, its :func:`sdpa_padding_mask`, or None."""
         B, T, d = x.shape
         # Q, K and V in one GEMM: three small d x d matmuls run far below a big one's speed.
         # The weights stay three Linears (the state-dict keys and the optimizer's parameters).
@@ -40,18 +41,10 @@ class LowDimAttention(nn.Module):
         # (B, T, 3d) -> three (B, heads, T, d/heads) views; SDPA takes them as they are
         q, k, v = F.linear(x, w, b).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if mask is not None and mask.dim() == 2:
-            mask = sdpa_mask(mask)
+            mask = sdpa_padding_mask(mask)
         # None (nothing padded, decided once per forward by the Route) is SDPA's fast path.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.transpose(1, 2).reshape(B, T, d)
-
-
-def sdpa_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) with 1 for real tokens -> (B, 1, 1, T) boolean "may attend" for SDPA.
-
-    The Route builds it once per forward; every layer's PAL reuses it.
-    """
-    return mask[:, None, None, :].bool()
 
 
 class PAL(nn.Module):

@@ -1,0 +1,146 @@
+"""Where a PAL's time goes: one encoder layer against the parts of its PAL, op by op.
+
+    python bench/pal_layer.py                            # MiniLM and bert-base at 32x64
+    python bench/pal_layer.py --shapes minilm:32x128 --threads 1
+
+Each part runs on its real input shape: the bare layer (transformers' BertLayer of the
+backbone), the PAL's V^E (H -> d_pal), its attention (the Q/K/V GEMM and SDPA over d_pal/heads
+dimensions), V^D with the residual sum, and the whole PAL term. "infer" is the forward under
+no_grad in eval mode; "train" is forward and backward with dropout on, as a train step runs
+it. Parts take turns call by call and each keeps its minimum over ``--calls`` turns: these
+calls are milliseconds long, so the minimum is steady on a shared machine where a whole
+step's time is not. Each part's cost is set against its FLOPs: the PAL would cost the FLOP
+ratio if every part ran as many FLOPs per second as the bare layer does.
+Raw results go to bench/results/layer-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_pal  # noqa: E402
+
+from palbert.masks import sdpa_padding_mask  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
+    """name -> (zero-argument call, its forward multiply-adds), and d_pal."""
+    model = bench_pal.palbert(name, "pal")
+    cfg = model.backbone_info.config
+    H, ffn = cfg.hidden_size, cfg.intermediate_size
+    pal = model.task_modules["t0"]
+    d = pal.config.size
+    layer = model.backbone.model.encoder.layer[0]
+    torch.manual_seed(0)
+    h = torch.randn(B, T, H, requires_grad=True)
+    y = torch.randn(B, T, d, requires_grad=True)
+    keep = torch.ones(B, T)
+    keep[: B // 2, T * 3 // 4 :] = 0  # half the rows padded, as bench_pal's batches are
+    mask = sdpa_padding_mask(keep)
+    additive = (1.0 - keep[:, None, None, :]) * torch.finfo(h.dtype).min  # BertLayer's mask
+    attn = pal.attn["0"]
+    calls = {
+        "bare layer": lambda: layer(h, attention_mask=additive)[0],
+        "PAL: V^E": lambda: pal.V_E(h),
+        "PAL: attention": lambda: attn(y, mask),
+        "PAL: V^D + residual": lambda: h + pal.V_D(y),
+        "PAL: whole term": lambda: h + pal.residual(0, h, mask),
+    }
+    macs = {  # per token
+        "bare layer": 4 * H * H + 2 * T * H + 2 * H * ffn,
+        "PAL: V^E": H * d,
+        "PAL: attention": 3 * d * d + 2 * T * d,
+        "PAL: V^D + residual": d * H,
+        "PAL: whole term": 2 * H * d + 3 * d * d + 2 * T * d,
+    }
+    modules = [layer, pal]
+    return {k: (calls[k], macs[k] * B * T) for k in calls}, {"modules": modules, "h": h, "y": y}, d
+
+
+def timed(call, train: bool, ctx: dict):
+    """One forward (no_grad, eval) or forward + backward (train mode) of ``call``."""
+
+    def run() -> None:
+        for m in ctx["modules"]:
+            m.train(train)
+        if not train:
+            with torch.no_grad():
+                call()
+            return
+        out = call()
+        out.backward(torch.ones_like(out))
+        for t in (ctx["h"], ctx["y"], *[p for m in ctx["modules"] for p in m.parameters()]):
+            t.grad = None
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["minilm:32x64", "random:bert-base:32x64"])
+    parser.add_argument("--calls", type=int, default=40, help="turns per part (default 40)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "calls": args.calls,
+    }
+    print(" ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    results = {"machine": machine, "command": " ".join(["python", *sys.argv]), "shapes": []}
+    for shape in args.shapes:
+        name, bt = shape.rsplit(":", 1)
+        B, T = (int(x) for x in bt.split("x"))
+        calls, ctx, d = parts(name, B, T)
+        entry = {"shape": shape, "d_pal": d}
+        for mode in ("infer", "train"):
+            runs = {k: timed(c, mode == "train", ctx) for k, (c, _) in calls.items()}
+            best = dict.fromkeys(runs, float("inf"))
+            for r in range(args.calls + 2):
+                for k, run in runs.items():
+                    t0 = time.perf_counter()
+                    run()
+                    if r >= 2:  # two warm-up turns
+                        best[k] = min(best[k], time.perf_counter() - t0)
+            bare_s, bare_macs = best["bare layer"], calls["bare layer"][1]
+            rows = {}
+            print(f"\n{shape} {mode} (d_pal={d}):")
+            print(f"  {'part':<22}{'ms':>8}{'x bare':>8}{'FLOP share':>11}{'FLOP/s vs bare':>16}")
+            for k, s in best.items():
+                macs = calls[k][1]
+                rows[k] = {
+                    "ms": s * 1e3,
+                    "of_bare": s / bare_s,
+                    "flop_share": macs / bare_macs,
+                    "efficiency": (macs / s) / (bare_macs / bare_s),
+                }
+                r_ = rows[k]
+                print(
+                    f"  {k:<22}{r_['ms']:>8.2f}{r_['of_bare']:>8.3f}{r_['flop_share']:>11.3f}"
+                    f"{r_['efficiency']:>16.2f}"
+                )
+            entry[mode] = rows
+        results["shapes"].append(entry)
+    out = args.out or RESULTS / f"layer-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\nraw results: {out}")
+
+
+if __name__ == "__main__":
+    main()
