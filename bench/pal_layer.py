@@ -7,7 +7,8 @@ Each part runs on its real input shape: the bare layer (transformers' BertLayer 
 backbone), the PAL's V^E (H -> d_pal), its attention (the Q/K/V GEMM and SDPA over d_pal/heads
 dimensions), V^D with the residual sum, and the whole PAL term. "infer" is the forward under
 no_grad in eval mode; "train" is forward and backward with dropout on, as a train step runs
-it. Parts take turns call by call and each keeps its minimum over ``--calls`` turns: these
+it. Two more parts test sharing one GEMM between V^E and the layer's own query projection
+(which reads the same h) against the two GEMMs run apart. Parts take turns call by call and each keeps its minimum over ``--calls`` turns: these
 calls are milliseconds long, so the minimum is steady on a shared machine where a whole
 step's time is not. Each part's cost is set against its FLOPs: the PAL would cost the FLOP
 ratio if every part ran as many FLOPs per second as the bare layer does.
@@ -25,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pal  # noqa: E402
@@ -34,6 +36,11 @@ from palbert.masks import sdpa_padding_mask  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def first(out):
+    """A layer's hidden states, whether transformers returns them alone or in a tuple."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
     """name -> (zero-argument call, its forward multiply-adds), and d_pal."""
     model = bench_pal.palbert(name, "pal")
@@ -41,7 +48,7 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
     H, ffn = cfg.hidden_size, cfg.intermediate_size
     pal = model.task_modules["t0"]
     d = pal.config.size
-    layer = model.backbone.model.encoder.layer[0]
+    layer = model.backbone.encoder.layer[0]
     torch.manual_seed(0)
     h = torch.randn(B, T, H, requires_grad=True)
     y = torch.randn(B, T, d, requires_grad=True)
@@ -49,13 +56,18 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
     keep[: B // 2, T * 3 // 4 :] = 0  # half the rows padded, as bench_pal's batches are
     mask = sdpa_padding_mask(keep)
     additive = (1.0 - keep[:, None, None, :]) * torch.finfo(h.dtype).min  # BertLayer's mask
-    attn = pal.attn["0"]
+    attn, query = pal.attn["0"], layer.attention.self.query
     calls = {
-        "bare layer": lambda: layer(h, attention_mask=additive)[0],
+        "bare layer": lambda: first(layer(h, attention_mask=additive)),
         "PAL: V^E": lambda: pal.V_E(h),
         "PAL: attention": lambda: attn(y, mask),
         "PAL: V^D + residual": lambda: h + pal.V_D(y),
         "PAL: whole term": lambda: h + pal.residual(0, h, mask),
+        # the issue's idea: V^E shares one GEMM with the layer's query projection
+        "Q and V^E, two GEMMs": lambda: query(h).sum() + pal.V_E(h).sum(),
+        "Q and V^E, one GEMM": lambda: F.linear(
+            h, torch.cat([query.weight, pal.V_E.weight]), torch.cat([query.bias, pal.V_E.bias])
+        ).sum(),
     }
     macs = {  # per token
         "bare layer": 4 * H * H + 2 * T * H + 2 * H * ffn,
@@ -63,6 +75,8 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
         "PAL: attention": 3 * d * d + 2 * T * d,
         "PAL: V^D + residual": d * H,
         "PAL: whole term": 2 * H * d + 3 * d * d + 2 * T * d,
+        "Q and V^E, two GEMMs": H * H + H * d,
+        "Q and V^E, one GEMM": H * H + H * d,
     }
     modules = [layer, pal]
     return {k: (calls[k], macs[k] * B * T) for k in calls}, {"modules": modules, "h": h, "y": y}, d
