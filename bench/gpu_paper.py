@@ -111,15 +111,22 @@ def gpu_seconds(kernels: list, gpu: dict, util: float, launch: float) -> float:
 
 
 def estimate(counts: dict[str, dict], gpu: dict) -> dict[str, dict]:
-    """Per variant: its step time range on ``gpu`` and the ratio to bare at each setting."""
+    """Per variant (and per bench_pal pair "a / b"): step time range on ``gpu`` and the ratio
+    to bare (to b) over the assumed settings."""
     settings = [(u, t) for u in UTILISATION for t in T_LAUNCH]
+    seconds = {
+        k: [gpu_seconds(c["list"], gpu, u, t) for u, t in settings] for k, c in counts.items()
+    }
+    rows = [(k, k, "bare") for k in counts]
+    for a, b in bench_pal.PAIRS:
+        a = next((k for k in counts if k.startswith(a)), None)
+        b = next((k for k in counts if k.startswith(b)), None)
+        if a and b:
+            rows.append((f"{a} / {b}", a, b))
     out = {}
-    for name, c in counts.items():
-        ratios = [
-            gpu_seconds(c["list"], gpu, u, t) / gpu_seconds(counts["bare"]["list"], gpu, u, t)
-            for u, t in settings
-        ]
-        ms = [gpu_seconds(c["list"], gpu, u, t) * 1e3 for u, t in settings]
+    for name, a, b in rows:
+        ratios = [x / y for x, y in zip(seconds[a], seconds[b], strict=True)]
+        ms = [x * 1e3 for x in seconds[a]]
         out[name] = {"ms": (min(ms), max(ms)), "ratio": (min(ratios), max(ratios))}
     return out
 
@@ -154,14 +161,16 @@ def main() -> None:
             entry[mode] = {"census": counts, "gpus": {}}
             for g, spec in GPUS.items():
                 entry[mode]["gpus"][g] = estimate(counts, spec)
-            print(f"  {mode:<6}{'variant':<24}{'kernels':>8}{'GFLOP':>8}  ratio to bare on", end="")
+            print(f"  {mode:<6}{'variant':<34}{'kernels':>8}{'GFLOP':>8}  ratio to bare on", end="")
             print("".join(f"{g:>16}" for g in GPUS))
-            for k, c in counts.items():
+            for k in entry[mode]["gpus"][next(iter(GPUS))]:
                 cells = "".join(
                     "{:>16}".format("{:.2f}-{:.2f}".format(*entry[mode]["gpus"][g][k]["ratio"]))
                     for g in GPUS
                 )
-                print(f"  {'':<6}{k:<24}{c['kernels']:>8}{c['flops'] / 1e9:>8.2f}  {'':<15}{cells}")
+                c = counts.get(k)
+                n, gf = (f"{c['kernels']}", f"{c['flops'] / 1e9:.2f}") if c else ("", "")
+                print(f"  {'':<6}{k:<34}{n:>8}{gf:>8}  {'':<15}{cells}")
             for c in counts.values():
                 del c["list"]  # the per-kernel list is long; counts by op stay
         results["shapes"].append(entry)
