@@ -137,3 +137,48 @@ def test_route_builds_the_mask_once_and_slices_for_contiguous_tasks():
         ("c", [3]),
     ]
     assert Route.of(torch.ones(2, 3, dtype=torch.long), task="a").mask is None  # fast path
+
+
+def _inputs_alive_two_layers_on(model: nn.Module, layers, run) -> dict[int, bool]:
+    """For each layer l >= 2, whether the input of layer l - 2 is still alive when l starts."""
+    import weakref
+
+    inputs: dict[int, weakref.ref] = {}
+    alive: dict[int, bool] = {}
+
+    def record(l):
+        def hook(module, args, kwargs):
+            if l >= 2:
+                alive[l] = inputs[l - 2]() is not None
+            inputs[l] = weakref.ref(args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    handles = [
+        layer.register_forward_pre_hook(record(l), with_kwargs=True)
+        for l, layer in enumerate(layers)
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return alive
+
+
+@pytest.mark.parametrize("impl", ["transformers", "minbert"])
+def test_inference_frees_each_layers_input_when_the_bare_encoder_does(impl, pair_batch):
+    """The route holds a layer's input h only until the layer's PAL has read it, so in
+    inference PALs keep no (B, T, H) tensor alive that the bare encoder would have freed."""
+    from palbert import load_backbone
+
+    bare = load_backbone("minilm", impl=impl)
+    model = PalBert(load_backbone("minilm", impl=impl), module=ModuleConfig(kind="pal")).eval()
+    model.add_task("t", CLSHead(384, 2))
+    want = _inputs_alive_two_layers_on(bare.model, bare.layers, lambda: bare.model(**pair_batch))
+    got = _inputs_alive_two_layers_on(
+        model, model.backbone_info.layers, lambda: model(pair_batch, task="t")
+    )
+    assert len(want) == len(bare.layers) - 2 and not any(list(want.values())[1:])
+    assert got == want

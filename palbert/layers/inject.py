@@ -40,7 +40,9 @@ class Route:
     # ... or (task, rows, the rows' mask) per task; slices in batch order when every task's
     # rows are contiguous (as the trainer's mixed batches are), index tensors otherwise
     groups: list[tuple[str, Rows, torch.Tensor | None]] = field(default_factory=list)
-    h: dict[int, torch.Tensor] = field(default_factory=dict)  # each layer's input
+    # each layer's input, from the layer's start until its residual hook takes it: held no
+    # longer, so in inference a layer's input is freed as soon as the bare layer frees it
+    h: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -162,7 +164,7 @@ class Router:
             route = self.current
             if route is None or l not in route.h:
                 return None
-            a_ts = self.term("residual", l, route.h[l], a, route)
+            a_ts = self.term("residual", l, route.h.pop(l), a, route)
             return None if a_ts is None else (inner, a_ts)
 
         return hook
