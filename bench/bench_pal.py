@@ -72,9 +72,10 @@ class MeanHead(nn.Module):
         return features[0].last_hidden_state
 
 
-def palbert(name: str, kind: str, tasks: int = 1, mode: str = "full") -> PalBert:
+def palbert(name: str, kind: str, tasks: int = 1, mode: str = "full", **module) -> PalBert:
     torch.manual_seed(0)
-    model = PalBert(load_backbone(name), module=ModuleConfig(kind=kind, init="normal"))
+    config = ModuleConfig(kind=kind, init="normal", **module)
+    model = PalBert(load_backbone(name), module=config)
     for i in range(tasks):
         model.add_task(f"t{i}", MeanHead())
     model.set_train_mode(mode)

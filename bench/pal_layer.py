@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pal  # noqa: E402
 
+from palbert.layers import Route  # noqa: E402
 from palbert.masks import sdpa_padding_mask  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,8 +60,21 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
     mask = sdpa_padding_mask(keep)
     additive = (1.0 - keep[:, None, None, :]) * torch.finfo(h.dtype).min  # BertLayer's mask
     attn, query = pal.attn["0"], layer.attention.self.query
+    # the same PAL with the paper's head width (34 dims for bert-base's 204) at this d_pal
+    wide = bench_pal.palbert(name, "pal", heads=d // 34 or 1) if d % 34 == 0 else None
+    route = Route.of(keep, task="t0")  # one route, as a forward builds one for all layers
+
+    def routed(m):
+        def call():
+            with m.router.routing(route):
+                return first(m.backbone.encoder.layer[0](h, attention_mask=additive))
+
+        return call
+
     calls = {
         "bare layer": lambda: first(layer(h, attention_mask=additive)),
+        # the whole layer as palbert runs it: wrapper, hooks, route, PAL term and the sum
+        "layer + PAL": routed(model),
         "PAL: V^E": lambda: pal.V_E(h),
         "PAL: attention": lambda: attn(y, mask),
         "PAL: V^D + residual": lambda: h + pal.V_D(y),
@@ -69,8 +85,11 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
             h, torch.cat([query.weight, pal.V_E.weight]), torch.cat([query.bias, pal.V_E.bias])
         ).sum(),
     }
+    bare_macs = 4 * H * H + 2 * T * H + 2 * H * ffn
+    pal_macs = 2 * H * d + 3 * d * d + 2 * T * d
     macs = {  # per token
-        "bare layer": 4 * H * H + 2 * T * H + 2 * H * ffn,
+        "bare layer": bare_macs,
+        "layer + PAL": bare_macs + pal_macs,
         "PAL: V^E": H * d,
         "PAL: attention": 3 * d * d + 2 * T * d,
         "PAL: V^D + residual": d * H,
@@ -78,7 +97,11 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
         "Q and V^E, two GEMMs": H * H + H * d,
         "Q and V^E, one GEMM": H * H + H * d,
     }
-    modules = [layer, pal]
+    if wide is not None:
+        heads = wide.task_modules["t0"].config.heads
+        key = f"layer + PAL, {heads} heads of {d // heads}"
+        calls[key], macs[key] = routed(wide), bare_macs + pal_macs
+    modules = [layer, pal] + ([wide.backbone.encoder.layer[0], wide] if wide is not None else [])
     return {k: (calls[k], macs[k] * B * T) for k in calls}, {"modules": modules, "h": h, "y": y}, d
 
 
@@ -124,29 +147,42 @@ def main() -> None:
         entry = {"shape": shape, "d_pal": d}
         for mode in ("infer", "train"):
             runs = {k: timed(c, mode == "train", ctx) for k, (c, _) in calls.items()}
-            best = dict.fromkeys(runs, float("inf"))
+            times = {k: [] for k in runs}
+            order = list(runs)
+            rng = random.Random(0)
             for r in range(args.calls + 2):
-                for k, run in runs.items():
+                rng.shuffle(order)  # no part always runs right after another
+                for k in order:
                     t0 = time.perf_counter()
-                    run()
+                    runs[k]()
                     if r >= 2:  # two warm-up turns
-                        best[k] = min(best[k], time.perf_counter() - t0)
+                        times[k].append(time.perf_counter() - t0)
+            best = {k: min(v) for k, v in times.items()}
             bare_s, bare_macs = best["bare layer"], calls["bare layer"][1]
             rows = {}
             print(f"\n{shape} {mode} (d_pal={d}):")
-            print(f"  {'part':<22}{'ms':>8}{'x bare':>8}{'FLOP share':>11}{'FLOP/s vs bare':>16}")
+            print(
+                f"  {'part':<30}{'ms':>8}{'x bare':>8}{'FLOP share':>11}{'FLOP/s vs bare':>16}"
+                f"{'paired':>8}  95% CI"
+            )
             for k, s in best.items():
                 macs = calls[k][1]
+                # per turn: this part's call over the bare layer's call of the same turn
+                turns = [x / y for x, y in zip(times[k], times["bare layer"], strict=True)]
                 rows[k] = {
                     "ms": s * 1e3,
                     "of_bare": s / bare_s,
                     "flop_share": macs / bare_macs,
                     "efficiency": (macs / s) / (bare_macs / bare_s),
+                    "paired": statistics.median(turns),
+                    "ci95_paired": bench_pal.bootstrap_ci(turns),
+                    "times_s": times[k],
                 }
                 r_ = rows[k]
                 print(
-                    f"  {k:<22}{r_['ms']:>8.2f}{r_['of_bare']:>8.3f}{r_['flop_share']:>11.3f}"
-                    f"{r_['efficiency']:>16.2f}"
+                    f"  {k:<30}{r_['ms']:>8.2f}{r_['of_bare']:>8.3f}{r_['flop_share']:>11.3f}"
+                    f"{r_['efficiency']:>16.2f}{r_['paired']:>8.3f}"
+                    "  {:.3f}-{:.3f}".format(*r_["ci95_paired"])
                 )
             entry[mode] = rows
         results["shapes"].append(entry)
