@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig
 
 from palbert.errors import BackboneError
-from palbert.masks import sdpa_padding_mask
+from palbert.masks import attention_dtype, sdpa_padding_mask
 
 
 @dataclass
@@ -219,7 +219,8 @@ class MinBert(nn.Module):
     ) -> MinBertOutput:
         """Encode a (B, T) batch of token ids; ``attention_mask`` is 1 for real tokens, 0 for pads."""
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, sdpa_padding_mask(attention_mask), output_hidden_states)
+        mask = sdpa_padding_mask(attention_mask, attention_dtype(x))  # once, for every layer
+        return self.encoder(x, mask, output_hidden_states)
 
     def gradient_checkpointing_enable(
         self, gradient_checkpointing_kwargs: dict[str, Any] | None = None

@@ -37,6 +37,7 @@ from palbert.backbones import (
 )
 from palbert.encoded import Encoded
 from palbert.layers import ModuleConfig, Route, Router, build_module
+from palbert.masks import attention_dtype
 from palbert.taskfile import (
     TaskFile,
     TaskFileError,
@@ -214,7 +215,8 @@ class PalBert(nn.Module):
         """Run the encoder with ``task``'s module (or each row's, by ``task_ids``)."""
         if task is not None and task not in self.heads:
             raise KeyError(f"no task {task!r}; tasks: {self.tasks}")
-        with self.router.routing(Route.of(attention_mask, task, task_ids, self.tasks)):
+        dtype = attention_dtype(next(self.backbone.parameters()))
+        with self.router.routing(Route.of(attention_mask, task, task_ids, self.tasks, dtype)):
             out = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

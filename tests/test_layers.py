@@ -182,3 +182,50 @@ def test_inference_frees_each_layers_input_when_the_bare_encoder_does(impl, pair
     )
     assert len(want) == len(bare.layers) - 2 and not any(list(want.values())[1:])
     assert got == want
+
+
+def _op_counts(run) -> dict[str, int]:
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count() as c:
+        run()
+    return c.ops
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_padding_mask_is_converted_once_per_forward_not_per_layer(autocast, pair_batch):
+    """SDPA turns a boolean mask into an additive one on every call (a where and two scalars:
+    three kernels a layer on a GPU). The Route builds the additive mask once, in the dtype the
+    PALs' attention runs in, so PALs add no mask op per layer to what the encoder does, and
+    the outputs are those of the boolean mask bit for bit."""
+    from palbert import load_backbone
+    from palbert.layers import LowDimAttention
+    from palbert.masks import sdpa_padding_mask
+
+    bare = load_backbone("minilm").model.eval()
+    model = PalBert.from_pretrained("minilm", module=ModuleConfig(kind="pal", init="normal"))
+    model.add_task("t", CLSHead(384, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        encoder = _op_counts(lambda: bare(**pair_batch))
+        pal = _op_counts(lambda: model(pair_batch, task="t"))
+    for op in ("where", "scalar_tensor", "masked_fill_", "full"):
+        assert pal[op] - encoder[op] <= 1, (op, encoder[op], pal[op])  # <= 1: the Route's
+
+    attn = model.task_modules["t"].attn["0"]
+    x = torch.randn(4, pair_batch["attention_mask"].shape[1], attn.query.in_features)
+    with torch.no_grad():
+        boolean = sdpa_padding_mask(pair_batch["attention_mask"])
+        additive = sdpa_padding_mask(pair_batch["attention_mask"], torch.float32)
+        assert boolean.dtype == torch.bool and additive.dtype == torch.float32
+        assert torch.equal(LowDimAttention.forward(attn, x, boolean), attn(x, additive))

@@ -35,7 +35,9 @@ Rows = slice | torch.Tensor  # a contiguous run of rows (a view, no copy) or the
 class Route:
     """Which task module each example of the current forward goes through."""
 
-    mask: torch.Tensor | None  # (batch, 1, 1, seq) SDPA mask, built once; None: nothing padded
+    # (batch, 1, 1, seq) SDPA mask, built once (additive in the attention's dtype where the
+    # caller gives it); None: nothing padded
+    mask: torch.Tensor | None
     task: str | None = None  # one task for the whole batch ...
     # ... or (task, rows, the rows' mask) per task; slices in batch order when every task's
     # rows are contiguous (as the trainer's mixed batches are), index tensors otherwise
@@ -51,8 +53,9 @@ class Route:
         task: str | None = None,
         task_ids: torch.Tensor | None = None,
         names: list[str] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Route:
-        mask = sdpa_padding_mask(mask)  # once per forward, shared by every layer's PAL
+        mask = sdpa_padding_mask(mask, dtype)  # once per forward, shared by every layer's PAL
         if task_ids is None:
             return cls(mask=mask, task=task)
         found = []

@@ -32,7 +32,8 @@ class LowDimAttention(nn.Module):
         self.value = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``mask``: (B, T) with 1 for real tokens, its :func:`sdpa_padding_mask`, or None."""
+        """``mask``: (B, T) with 1 for real tokens, its :func:`sdpa_padding_mask` (boolean or
+        additive), or None."""
         B, T, d = x.shape
         # Q, K and V in one GEMM: three small d x d matmuls run far below a big one's speed.
         # The weights stay three Linears (the state-dict keys and the optimizer's parameters).
@@ -41,7 +42,9 @@ class LowDimAttention(nn.Module):
         # (B, T, 3d) -> three (B, heads, T, d/heads) views; SDPA takes them as they are
         q, k, v = F.linear(x, w, b).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if mask is not None and mask.dim() == 2:
-            mask = sdpa_padding_mask(mask)
+            mask = sdpa_padding_mask(mask, q.dtype)
+        elif mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # the Route guessed another dtype: SDPA wants q's
         # None (nothing padded, decided once per forward by the Route) is SDPA's fast path.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return y.transpose(1, 2).reshape(B, T, d)
