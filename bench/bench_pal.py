@@ -15,6 +15,9 @@ min): a spread above the margin you care about means the machine was too noisy t
 
 Variants (train = forward, mean loss, backward, SGD step; infer = eval mode, no_grad):
   bare           the encoder alone; train updates all of it (the reference of every ratio)
+  bare_again     a second bare encoder: an A/A control, whose ratio to bare (ideally 1) is
+                 the resolution of this run; a difference smaller than its distance from 1
+                 (or its interval's width) is not one this run can show
   pal            one task's PALs, everything trains           (train, infer)
   pal_frozen     PALs train, encoder frozen                    (train)
   lora8_frozen   PEFT LoRA r=8 on query/value, base frozen     (train, infer unmerged)
@@ -119,6 +122,9 @@ def step(model: nn.Module, call, train: bool):
 def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     """name -> (run, group): the models of one shape, each behind a zero-argument call."""
     bare = load_backbone(name).model.to(DEVICE)
+    # A/A control: a second bare encoder, identical work in memory of its own; its ratio to
+    # bare is what this machine can resolve, and a goal closer than that cannot be checked
+    again = load_backbone(name).model.to(DEVICE)
     pal = palbert(name, "pal")
     pal_frozen = palbert(name, "pal", mode="frozen")
     n_pal = sum(p.numel() for p in pal.task_modules.parameters())
@@ -143,6 +149,7 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
 
     train = {
         "bare": step(bare, enc(bare), True),
+        "bare_again": step(again, enc(again), True),
         "pal": step(pal, task(pal), True),
         "pal_frozen": step(pal_frozen, task(pal_frozen), True),
         "lora8_frozen": step(lora8, enc(lora8), True),
@@ -153,6 +160,7 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     }
     infer = {
         "bare": step(bare, enc(bare), False),
+        "bare_again": step(again, enc(again), False),
         "pal": step(pal, task(pal), False),
         "lora8": step(lora8, enc(lora8), False),
         "low_rank": step(low_rank, task(low_rank), False),
@@ -318,8 +326,9 @@ def summarize(times: dict) -> dict:
 
 
 def keep(variant: str, chosen: list[str] | None) -> bool:
-    """Whether ``--variants`` keeps a variant: bare always, names up to "(" (loraP_frozen)."""
-    return chosen is None or variant == "bare" or variant.split("(")[0] in chosen
+    """Whether ``--variants`` keeps a variant: bare and its A/A control always, others by
+    their name up to "(" (loraP_frozen)."""
+    return chosen is None or variant in ("bare", "bare_again") or variant.split("(")[0] in chosen
 
 
 def main() -> None:

@@ -3,16 +3,27 @@
     python bench/pal_layer.py                            # MiniLM and bert-base at 32x64
     python bench/pal_layer.py --shapes minilm:32x128 --threads 1
 
-Each part runs on its real input shape: the bare layer (transformers' BertLayer of the
-backbone), the PAL's V^E (H -> d_pal), its attention (the Q/K/V GEMM and SDPA over d_pal/heads
-dimensions), V^D with the residual sum, and the whole PAL term. "infer" is the forward under
-no_grad in eval mode; "train" is forward and backward with dropout on, as a train step runs
-it. Two more parts test sharing one GEMM between V^E and the layer's own query projection
-(which reads the same h) against the two GEMMs run apart. Parts take turns call by call and each keeps its minimum over ``--calls`` turns: these
-calls are milliseconds long, so the minimum is steady on a shared machine where a whole
-step's time is not. Each part's cost is set against its FLOPs: the PAL would cost the FLOP
-ratio if every part ran as many FLOPs per second as the bare layer does.
-Raw results go to bench/results/layer-<time>.json.
+Each part runs on its real input shape:
+
+- "bare layer": the backbone's layer 0 (transformers' BertLayer) with no route set;
+- "layer + PAL": the same layer as palbert runs it inside a forward (the forward wrapper,
+  the residual hook, the route, the PAL term and its sum): its ratio to the bare layer is
+  the PAL's overhead per layer, to be held against the FLOP share beside it;
+- "layer + PAL, again (A/A)": the same, on a second copy of the model: identical work, so
+  its distance from "layer + PAL" is what this machine can resolve;
+- "layer + PAL, k heads of 34": the same d_pal split into the paper's 34-dim heads, where
+  the default splits it otherwise (MiniLM: 6 heads of 17);
+- the PAL's parts alone: V^E (H -> d_pal), its attention (the Q/K/V GEMM and SDPA), V^D
+  with the residual sum, the whole term; and V^E sharing one GEMM with the layer's own
+  query projection (which reads the same h) against the two GEMMs run apart.
+
+"infer" is the forward under no_grad in eval mode; "train" is forward and backward with
+dropout on, as a train step runs it. Parts take turns, one call each in an order shuffled
+per turn. Per part: the minimum over ``--calls`` turns (these calls are milliseconds long,
+so the minimum is steadier than a whole step's time), and the median over turns of its call
+over the bare layer's call in the same turn with a 95% bootstrap interval. Each part's
+cost is set against its FLOPs: the PAL would cost the FLOP ratio if every part ran as many
+FLOPs per second as the bare layer does. Raw results go to bench/results/layer-<time>.json.
 """
 
 from __future__ import annotations
@@ -60,8 +71,14 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
     mask = sdpa_padding_mask(keep)
     additive = (1.0 - keep[:, None, None, :]) * torch.finfo(h.dtype).min  # BertLayer's mask
     attn, query = pal.attn["0"], layer.attention.self.query
-    # the same PAL with the paper's head width (34 dims for bert-base's 204) at this d_pal
-    wide = bench_pal.palbert(name, "pal", heads=d // 34 or 1) if d % 34 == 0 else None
+    # an A/A control: the same model built again (its own weights' memory); its ratio to
+    # "layer + PAL" is this machine's resolution, placement effects included
+    again = bench_pal.palbert(name, "pal")
+    # the same PAL with the paper's head width (34 dims, as bert-base's 204 has) at this d_pal
+    heads = d // 34 if d % 34 == 0 else None
+    wide = (
+        bench_pal.palbert(name, "pal", heads=heads) if heads and heads != pal.config.heads else None
+    )
     route = Route.of(keep, task="t0")  # one route, as a forward builds one for all layers
 
     def routed(m):
@@ -75,6 +92,7 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
         "bare layer": lambda: first(layer(h, attention_mask=additive)),
         # the whole layer as palbert runs it: wrapper, hooks, route, PAL term and the sum
         "layer + PAL": routed(model),
+        "layer + PAL, again (A/A)": routed(again),
         "PAL: V^E": lambda: pal.V_E(h),
         "PAL: attention": lambda: attn(y, mask),
         "PAL: V^D + residual": lambda: h + pal.V_D(y),
@@ -90,6 +108,7 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
     macs = {  # per token
         "bare layer": bare_macs,
         "layer + PAL": bare_macs + pal_macs,
+        "layer + PAL, again (A/A)": bare_macs + pal_macs,
         "PAL: V^E": H * d,
         "PAL: attention": 3 * d * d + 2 * T * d,
         "PAL: V^D + residual": d * H,
@@ -97,11 +116,12 @@ def parts(name: str, B: int, T: int) -> tuple[dict, dict, int]:
         "Q and V^E, two GEMMs": H * H + H * d,
         "Q and V^E, one GEMM": H * H + H * d,
     }
+    extra = [again]
     if wide is not None:
-        heads = wide.task_modules["t0"].config.heads
         key = f"layer + PAL, {heads} heads of {d // heads}"
         calls[key], macs[key] = routed(wide), bare_macs + pal_macs
-    modules = [layer, pal] + ([wide.backbone.encoder.layer[0], wide] if wide is not None else [])
+        extra.append(wide)
+    modules = [layer, pal] + [p for m in extra for p in (m.backbone.encoder.layer[0], m)]
     return {k: (calls[k], macs[k] * B * T) for k in calls}, {"modules": modules, "h": h, "y": y}, d
 
 

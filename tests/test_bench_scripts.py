@@ -61,7 +61,7 @@ def test_paired_ratio_and_its_interval():
 
 
 def test_variants_filter_keeps_bare_and_matches_names_before_the_rank():
-    assert bench_pal.keep("bare", ["pal"])
+    assert bench_pal.keep("bare", ["pal"]) and bench_pal.keep("bare_again", ["pal"])
     assert bench_pal.keep("loraP_frozen(r=29)", ["loraP_frozen"])
     assert not bench_pal.keep("pal_frozen", ["pal"])
     assert bench_pal.keep("anything", None)
