@@ -1,6 +1,6 @@
 """Task modules' cost against the bare encoder and PEFT LoRA, measured side by side.
 
-    python bench/bench_pal.py            # MiniLM 32x64, 32x128 and random bert-base 16x64
+    python bench/bench_pal.py            # MiniLM 32x64, 32x128, random bert-base 16x64, 16x128
     python bench/bench_pal.py --quick    # fewer rounds and iterations, no torch.compile
     python bench/bench_pal.py --shapes minilm:32x64 --rounds 7 --iters 5
     python bench/bench_pal.py --memory   # peak memory of one train step of each variant
@@ -58,7 +58,7 @@ from torch import nn
 from palbert import ModuleConfig, PalBert, load_backbone
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHAPES = ["minilm:32x64", "minilm:32x128", "random:bert-base:16x64"]
+SHAPES = ["minilm:32x64", "minilm:32x128", "random:bert-base:16x64", "random:bert-base:16x128"]
 
 
 def flops_ratio(H: int, L: int, T: int, d: int, ffn: int) -> float:
