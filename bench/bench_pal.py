@@ -19,6 +19,9 @@ Variants (train = forward, mean loss, backward, SGD step; infer = eval mode, no_
                  the resolution of this run; a difference smaller than its distance from 1
                  (or its interval's width) is not one this run can show
   pal            one task's PALs, everything trains           (train, infer)
+  pal_encoder    the PAL model's own encoder with no PAL routed: "pal / pal_encoder" is
+                 the PAL's cost on the very same weights in memory, free of the placement
+                 effects the A/A pair shows between two copies of one encoder
   pal_frozen     PALs train, encoder frozen                    (train)
   lora8_frozen   PEFT LoRA r=8 on query/value, base frozen     (train, infer unmerged)
   loraP_frozen   PEFT LoRA with as many parameters as the PALs (train)
@@ -147,8 +150,12 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     def mixed_call():
         return torch.cat(list(mixed(mixed_batch).values()))
 
+    def own_encoder(m):  # the PAL model's encoder alone: its weights, no route, no PAL
+        return lambda: m.backbone(**batch).last_hidden_state
+
     train = {
         "bare": step(bare, enc(bare), True),
+        "pal_encoder": step(pal, own_encoder(pal), True),
         "bare_again": step(again, enc(again), True),
         "pal": step(pal, task(pal), True),
         "pal_frozen": step(pal_frozen, task(pal_frozen), True),
@@ -160,6 +167,7 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     }
     infer = {
         "bare": step(bare, enc(bare), False),
+        "pal_encoder": step(pal, own_encoder(pal), False),
         "bare_again": step(again, enc(again), False),
         "pal": step(pal, task(pal), False),
         "lora8": step(lora8, enc(lora8), False),
@@ -272,6 +280,7 @@ def memory_table(shapes: list[str], device: str, threads: int | None) -> dict:
 
 # (a, b): the ratio a / b is a goal of its own (issue 12), reported beside the ratios to bare
 PAIRS = [
+    ("pal", "pal_encoder"),
     ("pal_mixed4", "pal"),
     ("pal_frozen", "lora8_frozen"),
     ("pal_frozen", "loraP_frozen"),
@@ -318,8 +327,8 @@ def summarize(times: dict) -> dict:
         for k, v in times.items()
     }
     for a, b in PAIRS:
-        a = next((k for k in times if k.startswith(a)), None)
-        b = next((k for k in times if k.startswith(b)), None)
+        a = next((k for k in times if k.split("(")[0] == a), None)
+        b = next((k for k in times if k.split("(")[0] == b), None)
         if a and b:
             out[f"{a} / {b}"] = {"ms_min": float("nan"), **ratio(times, a, b)}
     return out

@@ -119,8 +119,8 @@ def estimate(counts: dict[str, dict], gpu: dict) -> dict[str, dict]:
     }
     rows = [(k, k, "bare") for k in counts]
     for a, b in bench_pal.PAIRS:
-        a = next((k for k in counts if k.startswith(a)), None)
-        b = next((k for k in counts if k.startswith(b)), None)
+        a = next((k for k in counts if k.split("(")[0] == a), None)
+        b = next((k for k in counts if k.split("(")[0] == b), None)
         if a and b:
             rows.append((f"{a} / {b}", a, b))
     out = {}

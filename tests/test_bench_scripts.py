@@ -21,7 +21,11 @@ def minilm_variants():
 
 def test_every_bench_pal_variant_runs_and_counts_parameters(minilm_variants):
     groups, params = minilm_variants
-    assert {k.split("(")[0] for k in groups["train"]} == {*bench_pal.TRAIN_VARIANTS, "bare_again"}
+    assert {k.split("(")[0] for k in groups["train"]} == {
+        *bench_pal.TRAIN_VARIANTS,
+        "bare_again",
+        "pal_encoder",
+    }
     times = bench_pal.measure({**groups["train"]}, rounds=1, iters=1, warmup=0)
     assert all(len(t[0]) == 1 and t[0][0] > 0 for t in times.values())
     bench_pal.measure(groups["infer"], rounds=1, iters=1, warmup=0)
@@ -94,3 +98,11 @@ def test_gpu_census_adds_cuda_dropout_and_prices_kernels(minilm_variants):
     gpu = {"tflops": 1.0, "gbps": 1.0}  # 1e12 FLOP/s at utilisation 1, 1e9 B/s
     kernels = [("tiny", 10, 10), ("gemm", 10**10, 10)]
     assert gpu_paper.gpu_seconds(kernels, gpu, util=1.0, launch=1e-5) == pytest.approx(1e-5 + 1e-2)
+
+
+def test_pairs_match_variant_names_exactly_not_by_prefix():
+    """The pair pal / pal_encoder takes pal itself, though pal_encoder also starts with
+    "pal" and comes first."""
+    times = {"bare": [[1.0]], "pal_encoder": [[2.0]], "pal": [[3.0]]}
+    summary = bench_pal.summarize(times)
+    assert summary["pal / pal_encoder"]["ratio_paired"] == pytest.approx(1.5)
