@@ -41,7 +41,7 @@ from palbert import PalBert, load_backbone
 from palbert.layers import ModuleConfig
 from palbert.recipe import Recipe, RecipeError, load_recipe, resolve_data_dir
 from palbert.tasks import build_task
-from palbert.training.run import _global_batches, _sampler
+from palbert.training.run import global_batches, run_sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,15 +85,15 @@ def count_rows(recipe: Recipe, data_dir: Path) -> dict[str, int]:
 
 def plan(recipe: Recipe, rows: dict[str, int], world: int) -> dict[str, Any]:
     """Steps of the run on ``world`` processes, from palbert's own batch count per task
-    (run._global_batches: per process batch_size, the last partial global batch dropped
-    when world > 1) and its sampler (run._sampler: epoch policy, round robin, epochs)."""
+    (run.global_batches: per process batch_size, the last partial global batch dropped
+    when world > 1) and its sampler (run.run_sampler: epoch policy, round robin, epochs)."""
     names = list(rows)
     sizes = []
     for e in recipe.tasks:
         bs = build_task(e.spec).spec.batch_size or recipe.train.batch_size
         loader = SimpleNamespace(data=range(rows[e.name]), batch_size=bs)
-        sizes.append(_global_batches(loader, world))
-    sampler, total = _sampler(recipe, sizes)
+        sizes.append(global_batches(loader, world))
+    sampler, total = run_sampler(recipe, sizes)
     draws = torch.bincount(torch.from_numpy(sampler.plan(0)), minlength=len(names)).tolist()
     return {
         "world": world,

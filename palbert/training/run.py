@@ -425,8 +425,8 @@ def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1)
     if world > 1:  # every process starts from rank 0's weights
         for p in model.parameters():
             dist.broadcast(p.data, 0)
-    sizes = [_global_batches(train_batches[n], world) for n in model.tasks]
-    sampler, total = _sampler(recipe, sizes)
+    sizes = [global_batches(train_batches[n], world) for n in model.tasks]
+    sampler, total = run_sampler(recipe, sizes)
     trainer = Trainer(
         model,
         recipe.optimizer,
@@ -504,7 +504,7 @@ def _batches(recipe, model, tasks, tokenizer, rank, world):
     return train_batches, dev
 
 
-def _sampler(recipe: Recipe, sizes: list[int]) -> tuple[TaskSampler, int]:
+def run_sampler(recipe: Recipe, sizes: list[int]) -> tuple[TaskSampler, int]:
     """The run's one sampler and its length in optimizer steps (``max_steps``, else
     ``epochs`` epochs of the sampler's epoch policy)."""
     s, t = recipe.sampler, recipe.train
@@ -556,7 +556,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _global_batches(loader: Any, world: int) -> int:
+def global_batches(loader: Any, world: int) -> int:
     """A task's batches per pass, the same number on every process."""
     if hasattr(loader, "data") and hasattr(loader, "batch_size"):
         n, g = len(loader.data), loader.batch_size * world
@@ -843,7 +843,9 @@ __all__ = [
     "build_tasks",
     "check_lengths",
     "check_sampler",
+    "global_batches",
     "load_run",
     "prepare",
+    "run_sampler",
     "train",
 ]
