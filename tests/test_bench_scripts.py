@@ -106,3 +106,33 @@ def test_pairs_match_variant_names_exactly_not_by_prefix():
     times = {"bare": [[1.0]], "pal_encoder": [[2.0]], "pal": [[3.0]]}
     summary = bench_pal.summarize(times)
     assert summary["pal / pal_encoder"]["ratio_paired"] == pytest.approx(1.5)
+
+
+def test_the_prepared_device_check_calls_bench_pal_with_flags_it_has():
+    # bench/device/check.sh runs only on a lent GPU, where a wrong flag costs device time
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = [root / "bench/device/prepare.sh", root / "bench/device/check.sh"]
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    text = scripts[1].read_text()
+    help_text = subprocess.run(
+        [sys.executable, str(root / "bench/bench_pal.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    calls = [line for line in text.replace("\\\n", " ").splitlines() if "bench_pal.py" in line]
+    flags = {
+        f
+        for line in calls
+        if not line.lstrip().startswith("#")
+        for f in re.findall(r"--[a-z-]+", line)
+    }
+    assert {"--device", "--memory", "--shapes", "--rounds", "--iters", "--out"} <= flags
+    assert all(f in help_text for f in flags), flags
+    for shape in re.search(r'SHAPES=\$\{SHAPES:-"([^"]+)"', text).group(1).split():
+        name, _, _ = bench_pal.shape_batch(shape)  # each default shape parses
+        assert name.startswith("random:")  # no weights travel to the device
