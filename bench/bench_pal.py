@@ -290,6 +290,17 @@ PAIRS = [
 ]
 
 
+def base_name(key: str) -> str:
+    """A variant's name without its settings: "loraP_frozen(r=29)" -> "loraP_frozen"."""
+    return key.split("(")[0]
+
+
+def pairs_in(keys) -> list[tuple[str, str]]:
+    """The PAIRS whose two variants are both among ``keys``, as those keys."""
+    by_name = {base_name(k): k for k in keys}
+    return [(by_name[a], by_name[b]) for a, b in PAIRS if a in by_name and b in by_name]
+
+
 def ratio(times: dict, a: str, b: str) -> dict:
     """a / b over the rounds, three ways:
 
@@ -326,18 +337,15 @@ def summarize(times: dict) -> dict:
         k: {"ms_min": min(min(t) for t in v) * 1e3, **ratio(times, k, "bare")}
         for k, v in times.items()
     }
-    for a, b in PAIRS:
-        a = next((k for k in times if k.split("(")[0] == a), None)
-        b = next((k for k in times if k.split("(")[0] == b), None)
-        if a and b:
-            out[f"{a} / {b}"] = {"ms_min": float("nan"), **ratio(times, a, b)}
+    for a, b in pairs_in(times):
+        out[f"{a} / {b}"] = {"ms_min": float("nan"), **ratio(times, a, b)}
     return out
 
 
 def keep(variant: str, chosen: list[str] | None) -> bool:
     """Whether ``--variants`` keeps a variant: bare and its A/A control always, others by
     their name up to "(" (loraP_frozen)."""
-    return chosen is None or variant in ("bare", "bare_again") or variant.split("(")[0] in chosen
+    return chosen is None or variant in ("bare", "bare_again") or base_name(variant) in chosen
 
 
 def main() -> None:
@@ -377,7 +385,7 @@ def main() -> None:
         (shape,) = args.shapes
         name, batch, _ = shape_batch(shape)
         groups, _ = variants(name, batch, compile=False)
-        key = next(k for k in groups["train"] if k.split("(")[0] == args.memory_of)
+        key = next(k for k in groups["train"] if base_name(k) == args.memory_of)
         print(json.dumps({"variant": key, **step_memory(groups["train"][key])}))
         return
     clock = time.perf_counter if args.clock == "wall" else time.process_time

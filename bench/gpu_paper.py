@@ -118,11 +118,7 @@ def estimate(counts: dict[str, dict], gpu: dict) -> dict[str, dict]:
         k: [gpu_seconds(c["list"], gpu, u, t) for u, t in settings] for k, c in counts.items()
     }
     rows = [(k, k, "bare") for k in counts]
-    for a, b in bench_pal.PAIRS:
-        a = next((k for k in counts if k.split("(")[0] == a), None)
-        b = next((k for k in counts if k.split("(")[0] == b), None)
-        if a and b:
-            rows.append((f"{a} / {b}", a, b))
+    rows += [(f"{a} / {b}", a, b) for a, b in bench_pal.pairs_in(counts)]
     out = {}
     for name, a, b in rows:
         ratios = [x / y for x, y in zip(seconds[a], seconds[b], strict=True)]

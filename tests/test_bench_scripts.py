@@ -3,6 +3,8 @@ attribute was renamed. Tiny shapes, one call each; no timing is asserted."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ def minilm_variants():
 
 def test_every_bench_pal_variant_runs_and_counts_parameters(minilm_variants):
     groups, params = minilm_variants
-    assert {k.split("(")[0] for k in groups["train"]} == {
+    assert {bench_pal.base_name(k) for k in groups["train"]} == {
         *bench_pal.TRAIN_VARIANTS,
         "bare_again",
         "pal_encoder",
@@ -110,9 +112,6 @@ def test_pairs_match_variant_names_exactly_not_by_prefix():
 
 def test_the_prepared_device_check_calls_bench_pal_with_flags_it_has():
     # bench/device/check.sh runs only on a lent GPU, where a wrong flag costs device time
-    import re
-    import subprocess
-
     root = Path(__file__).resolve().parents[1]
     scripts = [root / "bench/device/prepare.sh", root / "bench/device/check.sh"]
     for script in scripts:
