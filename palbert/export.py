@@ -41,7 +41,7 @@ import torch
 
 from palbert.files import child
 from palbert.inference import evaluate, run_split
-from palbert.integrity import IntegrityError, read_header, write_sealed
+from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
 from palbert.model import PalBert
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
@@ -105,6 +105,23 @@ def trained_backbone(run_dir: str | Path) -> bool:
     return any(k.startswith("backbone.") for k in header if k != "__metadata__")
 
 
+def exported_encoder(source: str | Path) -> bool:
+    """Whether ``source`` (a backbone folder) is an encoder that ``palbert export`` wrote from
+    a fine-tuning run: its ``model.safetensors`` header carries ``palbert.fingerprint``.
+
+    A task trained on it, frozen (``recipes/add_task.yaml``), is tied to those fine-tuned
+    weights as much as the run's own tasks are, and is exported as such.
+    """
+    weights = Path(source) / "model.safetensors"
+    if not weights.is_file():
+        return False
+    try:
+        meta = metadata(weights)
+    except IntegrityError:
+        return False  # loading it as a backbone already verified it; nothing to tell here
+    return "palbert.fingerprint" in meta
+
+
 # -- exports ------------------------------------------------------------------------------
 
 
@@ -133,7 +150,9 @@ def export_run(
     if unknown:
         raise ExportError(f"run {run_dir} has no task {unknown[0]!r}; its tasks: {list(tasks)}")
     folder = _out_folder(out if out is not None else default_out(run_dir))
-    fine_tuned = trained_backbone(run_dir)
+    # a task added later on an exported fine-tuned encoder needs that encoder, as the
+    # encoder's own tasks do: eval/predict then find it in the backbone/ folder beside them
+    fine_tuned = trained_backbone(run_dir) or exported_encoder(model.backbone_info.source)
     return [
         model.save_task(n, child(folder, f"{n}.safetensors"), dtype, fine_tuned=fine_tuned)
         for n in names
