@@ -181,3 +181,23 @@ def test_the_quickstart_is_the_annealed_pal_row(tmp_path):
     a["train"].pop("log_every"), b["train"].pop("log_every")
     assert a["train"] == b["train"]
     assert quick.sampler.kind == "annealed" and quick.train.mode == "full"
+
+
+def test_other_seeds_go_to_their_own_folder_and_all_runs_each_seed(tmp_path, monkeypatch):
+    assert run.seed_results(tmp_path, 0) == tmp_path  # the committed seed-0 JSONs stay put
+    assert run.seed_results(tmp_path, 2) == tmp_path / "seed-2"
+    calls = []
+    real = run.main
+
+    def fake(argv):
+        if "--seeds" in argv:
+            return real(argv)
+        calls.append(argv)
+        return 0
+
+    monkeypatch.setattr(run, "main", fake)
+    assert real(["all", "--seeds", "1,2", "--skip-done", "--results", str(tmp_path)]) == 0
+    assert calls == [
+        ["all", "--skip-done", "--results", str(tmp_path), "--seed", "1"],
+        ["all", "--skip-done", "--results", str(tmp_path), "--seed", "2"],
+    ]

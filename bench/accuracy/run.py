@@ -658,6 +658,12 @@ def parser() -> argparse.ArgumentParser:
         help=f"micro-batches of 32 in all (default {DEFAULT_BUDGET}; 6 with --quick)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="all: these seeds, comma-separated (e.g. 0,1,2); seed S > 0 goes to results/seed-S/",
+    )
+    ap.add_argument("--only", default=None, help="all: only these rows, comma-separated")
     ap.add_argument("--cfimdb", action="store_true", help="add the CFIMDB task")
     ap.add_argument(
         "--quick",
@@ -686,10 +692,24 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def seed_results(results: Path, seed: int) -> Path:
+    """Where rows of ``seed`` go: ``results/`` for seed 0 (the table's committed JSONs),
+    ``results/seed-S/`` for another seed, so a second seed never overwrites the first."""
+    return results if seed == 0 else results / f"seed-{seed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     smoke = args.quick or args.dev_rows
     results = args.results or (QUICK_RESULTS if smoke else RESULTS)
+    if args.what == "all" and args.seeds:
+        # one `all` per seed, each in its own results folder (seed_results)
+        rest = list(argv if argv is not None else sys.argv[1:])
+        i = rest.index("--seeds")
+        rest = rest[:i] + rest[i + 2 :]
+        codes = [main([*rest, "--seed", s.strip()]) for s in args.seeds.split(",") if s.strip()]
+        return max(codes, default=0)
+    results = seed_results(results, args.seed)
     if args.what == "table":
         print(report.table(results))
         return 0
@@ -738,7 +758,15 @@ def main(argv: list[str] | None = None) -> int:
             for a in (argv if argv is not None else sys.argv[1:])
             if a not in ("all", "--skip-done")
         ]
-        for name in ROWS:
+        names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
+        for name in names:
+            get_row(name)  # an unknown name stops here, before any run
+        forwarded = [
+            a
+            for a, prev in zip(forwarded, [None, *forwarded], strict=False)
+            if "--only" not in (a, prev)
+        ]
+        for name in names:
             if args.skip_done and done(results / f"{name}.json", ctx):
                 print(f"bench: {name} done already, skipped", file=sys.stderr)
                 continue
