@@ -160,9 +160,7 @@ def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad
         "token_type_ids": [],
     }
     # a bi-encoded micro-batch (keys *_b) adds its second sentences as rows of side 1
-    width = max(
-        [width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)]
-    )
+    width = max([width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)])
     task_ids, sides, labels = [], [], {}
     for task, b in parts:
         for side, suffix in enumerate(("", "_b") if "input_ids_b" in b else ("",)):
