@@ -362,7 +362,7 @@ def test_draining_answers_503_and_finishes_what_was_admitted(files):
         if server.started:
             break
         time.sleep(0.05)
-    url = "http://127.0.0.1:%d" % server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     state.batcher.hold.clear()
     first: dict = {}
     t = threading.Thread(
