@@ -3,6 +3,7 @@
 palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume]
 palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16]
 palbert eval / predict ...
+palbert serve TASKS_DIR [--port 8000]
 palbert plot RUN_DIR
 palbert params --backbone minilm --module pal
 """
@@ -37,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each part of palbert registers its own subcommands.
     from palbert import export
+    from palbert.serve import cli as serve_cli
     from palbert.training import cli as training_cli
 
     training_cli.add_commands(sub)
     export.add_commands(sub)
+    serve_cli.add_commands(sub)
 
     p = sub.add_parser("params", help="print the parameter report of a model")
     p.add_argument("--backbone", default="minilm", help="name, folder or random:<shape>")

@@ -217,10 +217,7 @@ def open_models(
     Task files load onto ``backbone`` (default: the one named in the first file; for a
     fine-tuned encoder, the ``backbone/`` folder beside it that ``palbert export`` wrote).
     """
-    files = [Path(p) for p in paths]
-    if len(files) == 1 and files[0].is_dir() and not is_run_dir(files[0]):
-        # a folder of exported task files (palbert export --task all --out DIR)
-        files = sorted(files[0].glob("*.safetensors")) or files
+    files = task_files(paths)
     if len(files) <= 1 and not any(p.suffix == ".safetensors" for p in files):
         run = files[0] if files else newest_run(checkpoints)
         if not files:
@@ -231,6 +228,31 @@ def open_models(
         if data_dir is not None:  # the user points at another copy of the data
             tasks = {n: build_task(t.spec, data_dir=data_dir) for n, t in tasks.items()}
         return model, tasks
+    model = model_for_files(files, backbone, impl, say)
+    tasks = {}
+    for f in files:
+        name = model.load_task(f, force=force)
+        tasks[name] = build_task(model.spec(name), data_dir=data_dir)
+    return model, tasks
+
+
+def task_files(paths: list[str]) -> list[Path]:
+    """The paths as given, or the task files of a folder ``palbert export`` wrote."""
+    files = [Path(p) for p in paths]
+    if len(files) == 1 and files[0].is_dir() and not is_run_dir(files[0]):
+        # a folder of exported task files (palbert export --task all --out DIR)
+        files = sorted(files[0].glob("*.safetensors")) or files
+    return files
+
+
+def model_for_files(
+    files: list[Path],
+    backbone: str | None = None,
+    impl: str | None = None,
+    say: Callable[[str], None] = print,
+) -> PalBert:
+    """The encoder task files load onto, with no task yet: ``backbone``, or the one the first
+    file names (a fine-tuned encoder: the ``backbone/`` folder beside it)."""
     first = read_task_file(files[0]).backbone
     if backbone is None:
         beside = files[0].parent / "backbone"  # where `palbert export` writes it
@@ -241,12 +263,7 @@ def open_models(
             )
         backbone = str(beside) if first.get("fine_tuned") else first.get("name")
         say(f"backbone {backbone} (from {files[0].name})")
-    model = PalBert.from_pretrained(backbone, impl=impl or first.get("impl", "transformers"))
-    tasks = {}
-    for f in files:
-        name = model.load_task(f, force=force)
-        tasks[name] = build_task(model.spec(name), data_dir=data_dir)
-    return model, tasks
+    return PalBert.from_pretrained(backbone, impl=impl or first.get("impl", "transformers"))
 
 
 def _device(name: str | None) -> torch.device:

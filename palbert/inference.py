@@ -205,16 +205,28 @@ def predict(
     spec = model.spec(task)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    examples = _examples(spec, inputs)
-    if not examples:
-        return []
+    if not isinstance(inputs, (str, bytes)):
+        inputs = list(inputs)
+        if not inputs:
+            return []
+    data = tokenize_inputs(model, task, inputs)
     if device is not None:
         model.to(device)
-    tokenizer = model.tokenizer
-    max_length = capped_length(spec.max_length, tokenizer)  # as palbert.tasks.Task does
-    data = tokenize_examples(examples, tokenizer, max_length, spec.encoding, None)
     out = forward_rows(model, task, data, batch_size)
     return as_rows(spec, decode(spec, out))
+
+
+def tokenize_inputs(
+    model: nn.Module, task: str, inputs: Iterable[str | Sequence[str]]
+) -> TokenizedSplit:
+    """Sentences or pairs of ``task`` tokenized as :func:`predict` (and ``palbert serve``)
+    feed them: checked against the task's ``pair``, truncated to its max_length; at least
+    one input."""
+    spec = model.spec(task)
+    examples = _examples(spec, inputs)
+    tokenizer = model.tokenizer
+    max_length = capped_length(spec.max_length, tokenizer)  # as palbert.tasks.Task does
+    return tokenize_examples(examples, tokenizer, max_length, spec.encoding, None)
 
 
 __all__ = [
@@ -229,4 +241,5 @@ __all__ = [
     "predict",
     "resolve_precision",
     "run_split",
+    "tokenize_inputs",
 ]

@@ -230,7 +230,12 @@ class PalBert(nn.Module):
         self, batch: Mapping[str, torch.Tensor], task: str | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Outputs of ``task``'s head, or for a batch with ``task_ids`` (indices into
-        ``self.tasks``) a dict task -> outputs of that task's rows, in batch order."""
+        ``self.tasks``) a dict task -> outputs of that task's rows, in batch order.
+
+        Every kind of task shares a mixed batch: a bi-encoded pair is two rows of its task,
+        marked by ``batch["side"]`` (0: first sentence, 1: second; the k-th of each pair up),
+        and its head gets both sides back, each encoded alone as it is outside a mixed batch.
+        """
         task_ids = batch.get("task_ids")
         if task is None and task_ids is None:
             raise ValueError("give a task name or a batch with 'task_ids'")
@@ -241,8 +246,6 @@ class PalBert(nn.Module):
             return head(self._features(batch, head, task=task))
         names = self.tasks
         heads = [self.heads[names[i]] for i in torch.unique(task_ids).tolist()]
-        if any(getattr(h, "encoding", "single") == "bi" for h in heads):
-            raise ValueError("mixed-task batches need single or cross-encoded tasks, not 'bi'")
         hidden = any(getattr(h, "needs_hidden_states", False) for h in heads)
         enc = self.encode(
             batch["input_ids"],
@@ -251,10 +254,28 @@ class PalBert(nn.Module):
             task_ids=task_ids,
             hidden_states=hidden,
         )
+        side = batch.get("side")
         outs = {}
         for i in torch.unique(task_ids).tolist():
             rows = (task_ids == i).nonzero(as_tuple=True)[0]
-            outs[names[i]] = self.heads[names[i]]([enc.rows(rows)])
+            head = self.heads[names[i]]
+            if getattr(head, "encoding", "single") != "bi":
+                outs[names[i]] = head([enc.rows(rows)])
+                continue
+            # a bi-encoded pair is two rows of its task, each sentence encoded alone: the
+            # k-th row of side 0 pairs with the k-th row of side 1
+            if side is None:
+                raise ValueError(
+                    f"task {names[i]!r} is bi-encoded: a mixed batch holding it needs 'side' "
+                    "(0 for first sentences, 1 for second ones)"
+                )
+            first, second = rows[side[rows] == 0], rows[side[rows] == 1]
+            if len(first) != len(second):
+                raise ValueError(
+                    f"task {names[i]!r}: {len(first)} first sentences but {len(second)} second "
+                    "ones in the mixed batch"
+                )
+            outs[names[i]] = head([enc.rows(first), enc.rows(second)])
         return outs
 
     def _features(self, batch: Mapping[str, torch.Tensor], head: nn.Module, task: str):

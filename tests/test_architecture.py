@@ -33,6 +33,7 @@ LEVELS: dict[str, int] = {
     "palbert.model": 4,
     "palbert.training": 5,
     "palbert.export": 6,
+    "palbert.serve": 6,
     "palbert.cli": 7,
     "palbert.__main__": 8,
 }

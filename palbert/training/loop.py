@@ -159,16 +159,21 @@ def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad
         "attention_mask": [],
         "token_type_ids": [],
     }
-    task_ids, labels = [], {}
+    # a bi-encoded micro-batch (keys *_b) adds its second sentences as rows of side 1
+    width = max([width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)])
+    task_ids, sides, labels = [], [], {}
     for task, b in parts:
-        n, w = b["input_ids"].shape
-        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            t = b.get(key, torch.zeros_like(b["input_ids"]))
-            cols[key].append(torch.nn.functional.pad(t, (0, width - w), value=fill))
-        task_ids.append(torch.full((n,), names.index(task), dtype=torch.long))
+        for side, suffix in enumerate(("", "_b") if "input_ids_b" in b else ("",)):
+            n, w = b["input_ids" + suffix].shape
+            for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+                t = b.get(key + suffix, torch.zeros_like(b["input_ids" + suffix]))
+                cols[key].append(torch.nn.functional.pad(t, (0, width - w), value=fill))
+            task_ids.append(torch.full((n,), names.index(task), dtype=torch.long))
+            sides.append(torch.full((n,), side, dtype=torch.long))
         labels.setdefault(task, []).append(b["labels"])
     batch = {k: torch.cat(v) for k, v in cols.items()}
     batch["task_ids"] = torch.cat(task_ids)
+    batch["side"] = torch.cat(sides)
     return batch, {t: torch.cat(v) for t, v in labels.items()}
 
 

@@ -452,12 +452,6 @@ def check_sampler(recipe: Recipe, tasks: dict[str, Any]) -> None:
             "optimizer step, but with sampler.per: step or train.grad_accum 1 every step has "
             "one task; set sampler.per: micro_batch and train.grad_accum >= 2, or mixed: false"
         )
-    bi = [name for name, task in tasks.items() if task.encoding == "bi"]
-    if bi:
-        raise RecipeError(
-            f"{where}: sampler.mixed cannot put task {bi[0]!r} in a mixed batch: it encodes "
-            "its two sentences apart (encoding: bi); set sampler.mixed: false"
-        )
 
 
 def check_lengths(model: PalBert, tokenizer: Any) -> None:
