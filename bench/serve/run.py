@@ -286,7 +286,10 @@ def closed_loop(route, requests: list, clients: int, seconds: float, pids: list[
             while time.perf_counter() < t_end and nxt[0] < len(requests):
                 task, inputs = requests[nxt[0]]
                 nxt[0] += 1
-                done[0] += await _post(client, route(task), task, inputs, lat, status)
+                # awaited first: `done[0] += await ...` reads done[0] before the await and
+                # loses the other clients' rows
+                got = await _post(client, route(task), task, inputs, lat, status)
+                done[0] += got
 
         async with _client(clients) as client:
             t0 = time.perf_counter()
