@@ -1,6 +1,6 @@
 """What the frozen MiniLM backbone gives with no fine-tuning, on the CS224N dev sets.
 
-    python bench/baselines.py [--data DIR] [--max-length 64] [--json out.json]
+    python -m bench.baselines [--data DIR] [--max-length 64] [--json out.json]
 
 - SST: a linear probe (logistic regression, L2, fitted on the train set) on frozen [CLS]
   and on mean-pooled embeddings; dev accuracy.
@@ -27,6 +27,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from palbert.backbones import load_backbone, load_tokenizer
 from palbert.tasks import build_task
+from palbert.tasks.paths import default_data_dir
 
 
 @torch.no_grad()
@@ -100,9 +101,7 @@ def best_threshold(sim: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/cs224n")
-    )
+    ap.add_argument("--data", default=default_data_dir(), help="default: palbert's data folder")
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--quora-train-sample", type=int, default=4000)

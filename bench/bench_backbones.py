@@ -4,9 +4,9 @@ For each model and batch shape it measures, side by side, the inference time (ev
 and the train-step time (train mode: forward, sum of the last hidden state, backward, SGD step)
 and prints the median milliseconds and the ratio minBERT / transformers::
 
-    python bench/bench_backbones.py                      # ~4 min on 2 idle CPU cores
-    python bench/bench_backbones.py --full               # bert-base at every shape too (long on CPU)
-    python bench/bench_backbones.py --models minilm --iters 10 --shapes 32x128
+    python -m bench.bench_backbones                      # ~4 min on 2 idle CPU cores
+    python -m bench.bench_backbones --full               # bert-base at every shape too (long on CPU)
+    python -m bench.bench_backbones --models minilm --iters 10 --shapes 32x128
 
 The two implementations run alternately within each iteration, so a neighbour's load on a
 shared machine slows both rather than one of them. ``ratio`` compares medians; ``ratio(min)``
@@ -16,19 +16,15 @@ compares the fastest iterations, which is steadier when other processes share th
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-
-from palbert.backbones import load_backbone  # noqa: E402
+from bench.machine import machine_info
+from palbert.backbones import load_backbone
 
 IMPLS = ("minbert", "transformers")
 ALL_SHAPES = ["16x64", "16x128", "32x64", "32x128"]
@@ -124,11 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import transformers
 
-    print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
-        f"load average {os.getloadavg()[0]:.1f}"
-    )
+    info = machine_info(transformers=transformers.__version__)
+    print(" ".join(f"{k}={v}" for k, v in info.items()))
     header = f"{'model':<10} {'batch':>5} {'seq':>4} {'mode':<9} {'minBERT ms':>11} {'transf. ms':>11} {'ratio':>6} {'ratio(min)':>10}"
     print(header)
     print("-" * len(header))

@@ -10,13 +10,12 @@ Measures, on the real SST train split:
 
 and prints data preparation per batch as a fraction of a train step (target: under 5%).
 
-    python bench/bench_data.py [--data-dir ../shared/data/cs224n] [--batch-size 32] [--steps 20]
+    python -m bench.bench_data [--data-dir ../shared/data/cs224n] [--batch-size 32] [--steps 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -28,10 +27,9 @@ from palbert.backbones import load_backbone, load_tokenizer
 from palbert.encoded import Encoded
 from palbert.tasks import build_task
 from palbert.tasks.batching import Order
+from palbert.tasks.paths import default_data_dir
 
-DEFAULT_DATA = Path(
-    os.environ.get("PALBERT_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/cs224n"
-)
+DEFAULT_DATA = default_data_dir(["sst-train.csv"])  # palbert's own rule (palbert.tasks.paths)
 
 
 def timed(fn):
@@ -50,7 +48,7 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
-    if not args.data_dir.is_dir():
+    if args.data_dir is None or not args.data_dir.is_dir():
         raise SystemExit(
             f"SST data not found at {args.data_dir}; pass --data-dir or set PALBERT_DATA_DIR"
         )

@@ -1,7 +1,7 @@
 """What each fused path buys: PAL with and without it, against the bare encoder, one process.
 
-    python bench/bench_fused.py                       # MiniLM 32x64, wall clock
-    python bench/bench_fused.py --threads 1 --clock cpu --shape minilm:32x128
+    python -m bench.bench_fused                       # MiniLM 32x64, wall clock
+    python -m bench.bench_fused --threads 1 --clock cpu --shape minilm:32x128
 
 Variants: "fused" (palbert as shipped); "plain_qkv" (three Q/K/V GEMMs); "plain_mixed"
 (mixed-batch rows gathered, scattered into zeros, then added) on a four-task batch against
@@ -16,16 +16,15 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
-from bench_pal import RESULTS, measure, palbert, ratio, step
 
-# The unfused references are the ones tests/test_fused.py checks the fused paths against.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_pal import RESULTS, measure, palbert, ratio, step
 from palbert import load_backbone
 from palbert.layers import LowDimAttention, Router
-from tests.test_fused import plain_attention, plain_term  # noqa: E402
+
+# The unfused references are the ones tests/test_fused.py checks the fused paths against.
+from tests.test_fused import plain_attention, plain_term
 
 PATCHES = {
     "qkv": [(LowDimAttention, "forward", plain_attention)],
@@ -78,7 +77,7 @@ def main() -> None:
         f"{args.shape} torch {torch.__version__} threads {torch.get_num_threads()} "
         f"clock {args.clock} rounds {args.rounds} x {args.iters}"
     )
-    out = {"command": " ".join(["python bench/bench_fused.py", *sys.argv[1:]]), "modes": {}}
+    out = {"command": " ".join(["python -m bench.bench_fused", *sys.argv[1:]]), "modes": {}}
     for train in (False, True):
         mode = "train" if train else "infer"
         bare_run = step(bare, lambda: bare(**batch).last_hidden_state, train)

@@ -1,10 +1,10 @@
 """Task modules' cost against the bare encoder and PEFT LoRA, measured side by side.
 
-    python bench/bench_pal.py            # MiniLM 32x64, 32x128, random bert-base 16x64, 16x128
-    python bench/bench_pal.py --quick    # fewer rounds and iterations, no torch.compile
-    python bench/bench_pal.py --shapes minilm:32x64 --rounds 7 --iters 5
-    python bench/bench_pal.py --memory   # peak memory of one train step of each variant
-    python bench/bench_pal.py --device cuda   # on a GPU: fp16 autocast, CUDA max-allocated
+    python -m bench.bench_pal            # MiniLM 32x64, 32x128, random bert-base 16x64, 16x128
+    python -m bench.bench_pal --quick    # fewer rounds and iterations, no torch.compile
+    python -m bench.bench_pal --shapes minilm:32x64 --rounds 7 --iters 5
+    python -m bench.bench_pal --memory   # peak memory of one train step of each variant
+    python -m bench.bench_pal --device cuda   # on a GPU: fp16 autocast, CUDA max-allocated
 
 Every variant runs in one process on the same padded batch. A round runs each variant
 ``iters`` times, the variants taking turns (one call each, in an order shuffled per round),
@@ -45,7 +45,6 @@ import argparse
 import ctypes
 import gc
 import json
-import platform
 import random
 import statistics
 import subprocess
@@ -58,9 +57,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.machine import machine_info
 from palbert import ModuleConfig, PalBert, load_backbone
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CPU = torch.device("cpu")
 SHAPES = ["minilm:32x64", "minilm:32x128", "random:bert-base:16x64", "random:bert-base:16x128"]
 
 
@@ -78,32 +80,32 @@ class MeanHead(nn.Module):
         return features[0].last_hidden_state
 
 
-def palbert(name: str, kind: str, tasks: int = 1, mode: str = "full", **module) -> PalBert:
+def palbert(
+    name: str, kind: str, tasks: int = 1, mode: str = "full", device: torch.device = CPU, **module
+) -> PalBert:
     torch.manual_seed(0)
     config = ModuleConfig(kind=kind, init="normal", **module)
     model = PalBert(load_backbone(name), module=config)
     for i in range(tasks):
         model.add_task(f"t{i}", MeanHead())
     model.set_train_mode(mode)
-    return model.to(DEVICE)
+    return model.to(device)
 
 
-def lora(name: str, r: int) -> nn.Module:
+def lora(name: str, r: int, device: torch.device = CPU) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["query", "value"])
-    return get_peft_model(load_backbone(name).model, config).to(DEVICE)
-
-
-DEVICE = torch.device("cpu")  # --device; on CUDA every call runs under fp16 autocast
+    return get_peft_model(load_backbone(name).model, config).to(device)
 
 
 def step(model: nn.Module, call, train: bool):
-    """One train step (forward, loss, backward, SGD) or one inference forward."""
+    """One train step (forward, loss, backward, SGD) or one inference forward, on the device
+    the model is on (on CUDA under fp16 autocast)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-5) if train else None
-    cuda = DEVICE.type == "cuda"
+    cuda = next(model.parameters()).device.type == "cuda"
 
     def run() -> None:
         model.train(train)
@@ -122,23 +124,26 @@ def step(model: nn.Module, call, train: bool):
     return run
 
 
-def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
-    """name -> (run, group): the models of one shape, each behind a zero-argument call."""
-    bare = load_backbone(name).model.to(DEVICE)
+def variants(
+    name: str, batch: dict, compile: bool, device: torch.device = CPU
+) -> tuple[dict, dict]:
+    """name -> (run, group): the models of one shape on ``device``, each behind a
+    zero-argument call."""
+    bare = load_backbone(name).model.to(device)
     # A/A control: a second bare encoder, identical work in memory of its own; its ratio to
     # bare is what this machine can resolve, and a goal closer than that cannot be checked
-    again = load_backbone(name).model.to(DEVICE)
-    pal = palbert(name, "pal")
-    pal_frozen = palbert(name, "pal", mode="frozen")
+    again = load_backbone(name).model.to(device)
+    pal = palbert(name, "pal", device=device)
+    pal_frozen = palbert(name, "pal", mode="frozen", device=device)
     n_pal = sum(p.numel() for p in pal.task_modules.parameters())
     cfg = pal.backbone_info.config
     r_match = max(1, round(n_pal / (cfg.num_hidden_layers * 2 * 2 * cfg.hidden_size)))
-    lora8, loraP = lora(name, 8), lora(name, r_match)
-    low_rank = palbert(name, "low_rank", mode="frozen")
-    adapter = palbert(name, "adapter", mode="frozen")
-    mixed = palbert(name, "pal", tasks=4)
+    lora8, loraP = lora(name, 8, device), lora(name, r_match, device)
+    low_rank = palbert(name, "low_rank", mode="frozen", device=device)
+    adapter = palbert(name, "adapter", mode="frozen", device=device)
+    mixed = palbert(name, "pal", tasks=4, device=device)
     B = batch["input_ids"].shape[0]
-    task_ids = (torch.arange(B) * 4 // B).to(DEVICE)  # four contiguous runs of rows
+    task_ids = (torch.arange(B) * 4 // B).to(device)  # four contiguous runs of rows
     mixed_batch = {**batch, "task_ids": task_ids}
 
     def enc(m):
@@ -189,8 +194,8 @@ def variants(name: str, batch: dict, compile: bool) -> tuple[dict, dict]:
     return {"train": train, "infer": infer}, params
 
 
-def shape_batch(shape: str) -> tuple[str, dict, Any]:
-    """``backbone:BxT`` -> (backbone, a padded batch of random ids on DEVICE, its config)."""
+def shape_batch(shape: str, device: torch.device = CPU) -> tuple[str, dict, Any]:
+    """``backbone:BxT`` -> (backbone, a padded batch of random ids on ``device``, its config)."""
     name, bt = shape.rsplit(":", 1)
     B, T = (int(x) for x in bt.split("x"))
     torch.manual_seed(0)
@@ -199,7 +204,7 @@ def shape_batch(shape: str) -> tuple[str, dict, Any]:
     mask = torch.ones_like(ids)
     mask[: B // 2, T * 3 // 4 :] = 0  # half the rows padded, as real batches are
     batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-    return name, {k: v.to(DEVICE) for k, v in batch.items()}, cfg
+    return name, {k: v.to(device) for k, v in batch.items()}, cfg
 
 
 def measure(runs: dict, rounds: int, iters: int, warmup: int, clock=time.perf_counter) -> dict:
@@ -233,7 +238,7 @@ def step_memory(run) -> dict:
     set before the call. Call it on a fresh process's first step: memory an earlier step
     freed stays resident in the allocator and would hide this one's growth."""
     gc.collect()
-    if DEVICE.type == "cuda":
+    if next(run.model.parameters()).device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -267,9 +272,17 @@ def memory_table(shapes: list[str], device: str, threads: int | None) -> dict:
     for shape in shapes:
         out[shape] = {}
         for variant in TRAIN_VARIANTS:
-            cmd = [sys.executable, __file__, "--shapes", shape, "--memory-of", variant]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.bench_pal",
+                "--shapes",
+                shape,
+                "--memory-of",
+                variant,
+            ]
             cmd += ["--device", device] + (["--threads", str(threads)] if threads else [])
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
             if done.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
             out[shape][variant] = json.loads(done.stdout.splitlines()[-1])
@@ -375,16 +388,15 @@ def main() -> None:
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # one child
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fp16 autocast)")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_of:
         (shape,) = args.shapes
-        name, batch, _ = shape_batch(shape)
-        groups, _ = variants(name, batch, compile=False)
+        name, batch, _ = shape_batch(shape, device)
+        groups, _ = variants(name, batch, compile=False, device=device)
         key = next(k for k in groups["train"] if base_name(k) == args.memory_of)
         print(json.dumps({"variant": key, **step_memory(groups["train"][key])}))
         return
@@ -392,18 +404,9 @@ def main() -> None:
     rounds = args.rounds or (3 if args.quick else 7)
     iters = args.iters or (2 if args.quick else 4)
     compile = args.compile or not (args.quick or args.no_compile)
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "clock": args.clock,
-        "rounds": rounds,
-        "iters": iters,
-        "device": torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu",
-    }
+    machine = machine_info(device, clock=args.clock, rounds=rounds, iters=iters)
     print(" ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
-    command = " ".join(["python bench/bench_pal.py", *sys.argv[1:]])
+    command = " ".join(["python -m bench.bench_pal", *sys.argv[1:]])
     if args.memory:
         del machine["clock"], machine["rounds"], machine["iters"]
         out = args.out or RESULTS / f"memory-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
@@ -415,9 +418,9 @@ def main() -> None:
     results = {"machine": machine, "command": command, "shapes": []}
     out = args.out or RESULTS / f"pal-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
     for shape in args.shapes:
-        name, batch, cfg = shape_batch(shape)
+        name, batch, cfg = shape_batch(shape, device)
         T = batch["input_ids"].shape[1]
-        groups, params = variants(name, batch, compile)
+        groups, params = variants(name, batch, compile, device)
         d = ModuleConfig(kind="pal").resolved(cfg.hidden_size).size
         flops = flops_ratio(cfg.hidden_size, cfg.num_hidden_layers, T, d, cfg.intermediate_size)
         entry = {"shape": shape, "flops_ratio": flops, "params": params}

@@ -1,7 +1,7 @@
 """GPU ratios on paper: bench_pal's variants as CUDA kernels, from a census taken on the CPU.
 
-    python bench/gpu_paper.py                     # bench_pal's shapes plus bert-base 32x128
-    python bench/gpu_paper.py --shapes minilm:32x64 random:bert-base:64x128
+    python -m bench.gpu_paper                     # bench_pal's shapes plus bert-base 32x128
+    python -m bench.gpu_paper --shapes minilm:32x64 random:bert-base:64x128
 
 No GPU is used. One train step and one inference forward of each variant run on the CPU under
 bf16 autocast (the stand-in for CUDA fp16 autocast: the same casts, 2-byte activations), and a
@@ -35,9 +35,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_pal  # noqa: E402
-from scale import GPUS, UTILISATION, flop_counter  # noqa: E402
+from bench import bench_pal
+from bench.scale import GPUS, UTILISATION, flop_counter
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [*bench_pal.SHAPES, "random:bert-base:32x128"]
@@ -135,7 +134,7 @@ def main() -> None:
     stamp = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     out = args.out or RESULTS / f"gpu-{stamp}.json"
     results: dict[str, Any] = {
-        "command": " ".join(["python bench/gpu_paper.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.gpu_paper", *sys.argv[1:]]),
         "torch": torch.__version__,
         "assumptions": {"gpus": GPUS, "utilisation": UTILISATION, "t_launch_s": T_LAUNCH},
         "shapes": [],

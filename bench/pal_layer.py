@@ -1,7 +1,7 @@
 """Where a PAL's time goes: one encoder layer against the parts of its PAL, op by op.
 
-    python bench/pal_layer.py                            # MiniLM and bert-base at 32x64
-    python bench/pal_layer.py --shapes minilm:32x128 --threads 1
+    python -m bench.pal_layer                            # MiniLM and bert-base at 32x64
+    python -m bench.pal_layer --shapes minilm:32x128 --threads 1
 
 Each part runs on its real input shape:
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -41,11 +40,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_pal  # noqa: E402
-
-from palbert.layers import Route  # noqa: E402
-from palbert.masks import sdpa_padding_mask  # noqa: E402
+from bench import bench_pal
+from bench.machine import machine_info
+from palbert.layers import Route
+from palbert.masks import sdpa_padding_mask
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -152,12 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "calls": args.calls,
-    }
+    machine = machine_info(calls=args.calls)
     print(" ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
     results = {"machine": machine, "command": " ".join(["python", *sys.argv]), "shapes": []}
     for shape in args.shapes:

@@ -1,8 +1,8 @@
 """Scale on paper: time and memory of a recipe on one 16 GB GPU and on 8 with torchrun.
 
-    python bench/scale.py                          # recipes/pal_rr.yaml, bert-base, 32x128
-    python bench/scale.py --data PATH              # another CS224N data folder
-    python bench/scale.py --recipe R --backbone random:minilm --batch 8 --tokens 64
+    python -m bench.scale                          # recipes/pal_rr.yaml, bert-base, 32x128
+    python -m bench.scale --data PATH              # another CS224N data folder
+    python -m bench.scale --recipe R --backbone random:minilm --batch 8 --tokens 64
 
 No GPU is used: everything here is an estimate, but every input is measured or counted on
 this machine, and every assumption is a named constant below, printed beside the table.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import warnings
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from bench.machine import machine_info
 from palbert import PalBert, load_backbone
 from palbert.layers import ModuleConfig
 from palbert.recipe import Recipe, RecipeError, load_recipe, resolve_data_dir
@@ -544,8 +544,8 @@ def main() -> None:
     names = [e.name for e in recipe.tasks]
     task_name = args.task or ("quora" if "quora" in names else names[0])
     res: dict[str, Any] = {
-        "command": " ".join(["python bench/scale.py", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
+        "command": " ".join(["python -m bench.scale", *sys.argv[1:]]),
+        "machine": machine_info(threads=1),
         "recipe": str(args.recipe.name),
         "backbone": args.backbone,
         "batch": B,
@@ -591,7 +591,7 @@ def main() -> None:
     m = measure(recipe, args.backbone, task_name, B, T)
     res["measured"] = m
     cfg = load_backbone(args.backbone).config
-    from bench_pal import flops_ratio
+    from bench.bench_pal import flops_ratio
 
     d = recipe.module.resolved(cfg.hidden_size).size
     res["flops_ratio_formula"] = flops_ratio(

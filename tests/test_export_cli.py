@@ -18,8 +18,7 @@ import torch
 from palbert import PalBert
 from palbert.cli import main
 from palbert.taskfile import read_task_file
-
-from .test_export import run_fresh
+from tests.tiny_run import run_fresh
 
 run_mod = pytest.importorskip("palbert.training.run")
 recipe_mod = pytest.importorskip("palbert.recipe")

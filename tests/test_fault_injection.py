@@ -20,16 +20,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_train import dropout_backbone, one_thread, tiny_setup, token_cache, write_recipe  # noqa: F401
+from tests.tiny_run import write_recipe
 
 STEPS = 30  # long enough that a kill at <= 0.3 of a whole run lands before its end, under load
 KILLS = 16  # half at a random time, half at a random fsync or rename
 SEED = 11
 TIME_FIELDS = {"examples_per_s", "time_s", "elapsed"}
 
-pytestmark = pytest.mark.skipif(
-    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (POSIX)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (POSIX)"
+    ),
+    pytest.mark.usefixtures("one_thread", "token_cache"),
+]
 
 
 def _arm(k: int) -> None:
@@ -112,8 +115,8 @@ def records(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(
-    dropout_backbone,  # noqa: F811
-    tiny_setup,  # noqa: F811
+    dropout_backbone,
+    tiny_setup,
     tmp_path,
     monkeypatch,
 ):

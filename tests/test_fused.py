@@ -10,8 +10,7 @@ from torch import nn
 
 from palbert import ModuleConfig, PalBert
 from palbert.layers import LowDimAttention, Router
-
-from .test_layers import CLSHead
+from tests.tiny_run import CLSHead
 
 
 def plain_attention(self: LowDimAttention, x, mask):

@@ -23,9 +23,9 @@ from palbert.integrity import (
     read_sealed,
     write_sealed,
 )
+from tests.tiny_run import one_line_error, snapshot, write_recipe
 
-from .test_train import one_thread, tiny_setup, token_cache, write_recipe  # noqa: F401
-from .test_training_run import one_line_error, snapshot
+pytestmark = pytest.mark.usefixtures("one_thread", "token_cache")
 
 TENSORS = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.ones(2)}
 META = {"palbert.kind": "test", "label_range": "[0, 5]", "labels": '["neg", "pos"]'}
@@ -196,7 +196,7 @@ def test_task_files_of_format_1_still_read(task_file, tmp_path):
 # -- run folders ---------------------------------------------------------------------------
 
 
-def trained_run(tiny_setup, tmp_path, **train) -> tuple[Path, Path]:  # noqa: F811
+def trained_run(tiny_setup, tmp_path, **train) -> tuple[Path, Path]:
     from palbert.recipe import load_recipe
     from palbert.training.run import train as train_run
 
@@ -205,7 +205,7 @@ def trained_run(tiny_setup, tmp_path, **train) -> tuple[Path, Path]:  # noqa: F8
     return path, train_run(load_recipe(path), progress=False)
 
 
-def test_every_weights_file_of_a_run_is_sealed(tiny_setup, tmp_path):  # noqa: F811
+def test_every_weights_file_of_a_run_is_sealed(tiny_setup, tmp_path):
     _, run = trained_run(tiny_setup, tmp_path)
     files = [run / "best.safetensors", run / "last/weights.safetensors"]
     files.append(run / "last/state.safetensors")
@@ -214,7 +214,7 @@ def test_every_weights_file_of_a_run_is_sealed(tiny_setup, tmp_path):  # noqa: F
 
 
 def test_a_damaged_best_checkpoint_fails_eval_export_and_load(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
 ):
@@ -245,7 +245,7 @@ def test_a_damaged_best_checkpoint_fails_eval_export_and_load(
 
 @pytest.mark.parametrize("name", ["weights.safetensors", "state.safetensors"])
 def test_a_damaged_resume_checkpoint_is_refused_and_changes_nothing(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
     name,
@@ -271,7 +271,7 @@ def test_a_damaged_resume_checkpoint_is_refused_and_changes_nothing(
             load_run(run, which="last")
 
 
-def test_an_exported_encoder_is_checked_when_loaded(tiny_setup, tmp_path):  # noqa: F811
+def test_an_exported_encoder_is_checked_when_loaded(tiny_setup, tmp_path):
     from palbert import BackboneError, PalBert
     from palbert.export import export_backbone
 
@@ -295,7 +295,7 @@ def test_an_exported_encoder_is_checked_when_loaded(tiny_setup, tmp_path):  # no
 # -- leftovers and fsync ------------------------------------------------------------------
 
 
-def test_resume_removes_a_stale_previous_checkpoint(tiny_setup, tmp_path):  # noqa: F811
+def test_resume_removes_a_stale_previous_checkpoint(tiny_setup, tmp_path):
     """A kill while ``.last.old`` was being removed leaves it beside a complete last/."""
     from palbert.recipe import load_recipe
     from palbert.training.run import TrainingInterrupted, train
@@ -311,7 +311,7 @@ def test_resume_removes_a_stale_previous_checkpoint(tiny_setup, tmp_path):  # no
     assert not [p.name for p in run.glob(".*")]
 
 
-def test_a_killed_swap_resumes_from_the_previous_checkpoint(tiny_setup, tmp_path):  # noqa: F811
+def test_a_killed_swap_resumes_from_the_previous_checkpoint(tiny_setup, tmp_path):
     """Killed between the swap's two renames: last/ is gone, .last.old holds the checkpoint;
     the resume uses it and keeps it until a new last/ exists."""
     from palbert.recipe import load_recipe
@@ -330,7 +330,7 @@ def test_a_killed_swap_resumes_from_the_previous_checkpoint(tiny_setup, tmp_path
     assert (run / "COMPLETE").exists() and not [p.name for p in run.glob(".*")]
 
 
-def test_every_rename_follows_an_fsync_of_what_it_moves(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+def test_every_rename_follows_an_fsync_of_what_it_moves(tiny_setup, tmp_path, monkeypatch):
     """A power cut must not leave a renamed but empty file: the file (for a folder, its
     files and the folder) is fsynced before the rename, and the folder holding it between
     two renames."""

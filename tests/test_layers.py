@@ -8,21 +8,10 @@ from torch import nn
 
 from palbert import ModuleConfig, PalBert
 from palbert.layers import PAL, Adapter, LowRank, build_module, default_size
+from tests.tiny_run import CLSHead
 
 BERT_BASE = dict(H=768, L=12)
 BERT_BASE_WITH_POOLER = 109_482_240  # bert-base-uncased as the paper counts it
-
-
-class CLSHead(nn.Module):
-    encoding = "single"
-    needs_hidden_states = False
-
-    def __init__(self, hidden: int, n: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(hidden, n)
-
-    def forward(self, features):
-        return self.linear(features[0].last_hidden_state[:, 0])
 
 
 def n_params(m: nn.Module) -> int:

@@ -25,8 +25,8 @@ TASKS = {
 }
 
 
-def four_tasks(impl: str) -> PalBert:
-    torch.manual_seed(0)
+def four_tasks(impl: str, seed: int = 0) -> PalBert:
+    torch.manual_seed(seed)
     model = PalBert.from_pretrained("minilm", impl=impl, module=ModuleConfig(init="normal"))
     for name, d in TASKS.items():
         task = build_task(d)

@@ -8,8 +8,7 @@ from torch import nn
 
 from palbert import ModuleConfig, PalBert, load_backbone
 from palbert.backbones import BackboneError
-
-from .test_layers import CLSHead
+from tests.tiny_run import CLSHead
 
 IMPLS = ["transformers", "minbert"]
 KINDS = ["pal", "low_rank", "adapter"]

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from palbert import ModuleConfig, PalBert, Progressive
-
-from .test_layers import CLSHead
+from tests.tiny_run import CLSHead
 
 
 def tiny(progressive: Progressive) -> PalBert:

@@ -274,8 +274,10 @@ def _sessions(source: str) -> list[tuple[str, str]]:
 
 
 class Runner:
-    """Runs a document's blocks in order; a test asking for block k first runs those before
-    it that have not run (so ``-k`` selects a single block and still works)."""
+    """Runs the documents' blocks in order (README.md first, then docs/*.md, which go on from
+    what the README's blocks made); a test asking for block k first runs those before it that
+    have not run, in its document and in the documents before it (so ``-k`` selects a single
+    block and still works)."""
 
     def __init__(self, root: Path) -> None:
         self.ws = Workspace(root)
@@ -284,14 +286,22 @@ class Runner:
         self.done: dict[Path, int] = {p: 0 for p in DOCS}
 
     def run(self, path: Path, index: int) -> None:
+        for before in DOCS[: DOCS.index(path)]:
+            self._catch_up(before, len(list(self.docs[before].examples())))
+        self._catch_up(path, index)
+        examples = list(self.docs[path].examples())
+        with self.ws.active():
+            self.done[path] = index + 1
+            examples[index].evaluate()
+
+    def _catch_up(self, path: Path, index: int) -> None:
+        """Run the blocks of ``path`` before ``index`` that have not run."""
         examples = list(self.docs[path].examples())
         with self.ws.active():
             while self.done[path] < index:
                 with _quiet():
                     examples[self.done[path]].evaluate()
                 self.done[path] += 1
-            self.done[path] = index + 1
-            examples[index].evaluate()
 
 
 @contextmanager
@@ -343,11 +353,12 @@ def test_every_block_is_run_or_says_why_not(path: Path) -> None:
 
 
 def test_a_command_with_an_option_that_does_not_exist_fails(runner: Runner, tmp_path) -> None:
-    """Each block of a README copy whose first palbert command gains ``--no-such-option``
-    fails through the same collector, before running anything."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """Each block of a copy of a document (README.md, docs/*.md) whose first palbert command
+    gains ``--no-such-option`` fails through the same collector, before running anything."""
     checked = 0
-    for _, language, source in _fences(text):
+    fences = [(doc, *f) for doc in DOCS for f in _fences(doc.read_text(encoding="utf-8"))]
+    for path, _, language, source in fences:
+        text = path.read_text(encoding="utf-8")
         lines = [ln for ln in source.splitlines() if re.match(r"(\$ )?palbert \w", ln)]
         if language not in ("bash", "console") or not lines:
             continue
@@ -355,7 +366,7 @@ def test_a_command_with_an_option_that_does_not_exist_fails(runner: Runner, tmp_
             continue
         first = lines[0]
         bad = first.split(" #")[0].rstrip() + " --no-such-option"
-        copy = tmp_path / f"README-{checked}.md"
+        copy = tmp_path / f"{path.stem}-{checked}.md"
         copy.write_text(text.replace(source, source.replace(first, bad, 1), 1), encoding="utf-8")
         doc = Document.parse(str(copy), *runner.blocks.parsers())
         (example,) = [e for e in doc.examples() if bad in e.parsed]

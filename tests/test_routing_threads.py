@@ -7,8 +7,7 @@ import threading
 import torch
 
 from palbert import ModuleConfig, PalBert
-
-from .test_layers import CLSHead
+from tests.tiny_run import CLSHead
 
 
 def test_threads_with_different_tasks_and_lengths_get_their_own_rows(tokenizer):

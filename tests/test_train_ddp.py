@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_train import tiny_setup, write_recipe  # noqa: F401 (tiny_setup is a fixture)
+from tests.tiny_run import write_recipe
 
 
 def _free_port() -> int:
@@ -49,7 +49,7 @@ def _weights(root: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "last" / "weights.safetensors"))
 
 
-def test_two_processes_equal_one_process_with_double_batch(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+def test_two_processes_equal_one_process_with_double_batch(tiny_setup, tmp_path, monkeypatch):
     backbone, data = tiny_setup  # 40 rows per task: 5 global batches of 8 either way
     monkeypatch.setenv("PALBERT_CACHE_DIR", str(tmp_path / "tokens"))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

@@ -11,14 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_train import one_thread, tiny_setup, token_cache, write_recipe  # noqa: F401
+from tests.tiny_run import one_line_error, snapshot, write_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread", "token_cache")
 
 TRAINING = Path(__file__).resolve().parents[1] / "palbert" / "training"
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (path -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def nothing_written(tmp_path: Path) -> bool:
@@ -26,14 +23,8 @@ def nothing_written(tmp_path: Path) -> bool:
     return not runs.exists() or not any(runs.iterdir())
 
 
-def one_line_error(err: str) -> str:
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("palbert: error: "), err
-    return lines[0]
-
-
 def test_tokenizer_larger_than_the_encoder_is_refused_before_anything_is_written(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
 ):
@@ -53,7 +44,7 @@ def test_tokenizer_larger_than_the_encoder_is_refused_before_anything_is_written
 
 
 def test_a_max_length_beyond_the_encoders_positions_is_refused(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
 ):
@@ -91,7 +82,7 @@ def test_a_max_length_beyond_the_encoders_positions_is_refused(
     ],
 )
 def test_mixed_batches_that_cannot_work_are_refused_before_anything_is_written(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
     tasks,
@@ -109,7 +100,7 @@ def test_mixed_batches_that_cannot_work_are_refused_before_anything_is_written(
     assert nothing_written(tmp_path)
 
 
-def test_mixed_batches_train_when_they_can(tiny_setup, tmp_path):  # noqa: F811
+def test_mixed_batches_train_when_they_can(tiny_setup, tmp_path):
     from palbert.recipe import load_recipe
     from palbert.training.run import train
 
@@ -131,7 +122,7 @@ def test_mixed_batches_train_when_they_can(tiny_setup, tmp_path):  # noqa: F811
     [("foo", "is not a device"), ("cuda", "no CUDA device")],
 )
 def test_a_device_that_cannot_work_is_refused(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
     device,
@@ -158,7 +149,7 @@ def test_a_device_that_cannot_work_is_refused(
     ],
 )
 def test_a_refused_resume_leaves_the_run_byte_identical(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
     overrides,
@@ -184,7 +175,7 @@ def test_a_refused_resume_leaves_the_run_byte_identical(
 
 
 def test_a_complete_run_is_not_resumed_and_a_finished_one_keeps_its_scores(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
 ):
@@ -209,7 +200,7 @@ def test_a_complete_run_is_not_resumed_and_a_finished_one_keeps_its_scores(
     assert snapshot(run) == before
 
 
-def test_an_accepted_override_on_resume_is_kept_in_the_recipe(tiny_setup, tmp_path):  # noqa: F811
+def test_an_accepted_override_on_resume_is_kept_in_the_recipe(tiny_setup, tmp_path):
     import yaml
 
     from palbert.cli import main
@@ -227,7 +218,7 @@ def test_an_accepted_override_on_resume_is_kept_in_the_recipe(tiny_setup, tmp_pa
     assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 4, 6]
 
 
-def test_a_loaded_run_predicts_at_the_length_it_trained_with(tiny_setup, tmp_path):  # noqa: F811
+def test_a_loaded_run_predicts_at_the_length_it_trained_with(tiny_setup, tmp_path):
     from palbert.recipe import load_recipe
     from palbert.training.run import load_run, train
 
@@ -250,7 +241,7 @@ def test_a_loaded_run_predicts_at_the_length_it_trained_with(tiny_setup, tmp_pat
     assert isinstance(score, float)
 
 
-def test_the_sampler_is_built_once(tiny_setup, tmp_path, monkeypatch):  # noqa: F811
+def test_the_sampler_is_built_once(tiny_setup, tmp_path, monkeypatch):
     from palbert.recipe import load_recipe
     from palbert.training import run as run_mod
 
@@ -269,7 +260,7 @@ def test_the_sampler_is_built_once(tiny_setup, tmp_path, monkeypatch):  # noqa: 
 
 
 def test_the_training_rate_leaves_out_evaluation_and_checkpoints(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     monkeypatch,
     capsys,
@@ -307,7 +298,7 @@ def test_the_training_rate_leaves_out_evaluation_and_checkpoints(
 
 
 @pytest.mark.parametrize("which", ["best", "last"])
-def test_a_loaded_run_has_the_pals_of_its_last_step(tiny_setup, tmp_path, which):  # noqa: F811
+def test_a_loaded_run_has_the_pals_of_its_last_step(tiny_setup, tmp_path, which):
     from palbert.recipe import load_recipe
     from palbert.training.run import load_run, train
 
@@ -329,7 +320,7 @@ def test_a_loaded_run_has_the_pals_of_its_last_step(tiny_setup, tmp_path, which)
 
 @pytest.mark.parametrize("fault", ["gradient", "weight"])
 def test_nothing_non_finite_is_saved(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     monkeypatch,
     capsys,
@@ -373,7 +364,7 @@ def test_nothing_non_finite_is_saved(
     assert [r["step"] for r in records if r["type"] == "eval"] == [2]
 
 
-def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):  # noqa: F811
+def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
     from palbert.recipe import load_recipe
     from palbert.training.run import TrainingInterrupted, _hold, train
@@ -396,7 +387,7 @@ def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):
     assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
 
 
-def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):  # noqa: F811
+def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):
     from palbert.recipe import load_recipe
     from palbert.training.run import TrainingInterrupted, train
 
@@ -413,7 +404,7 @@ def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):  # 
     assert not [p.name for p in run.glob(".*")]
 
 
-def interrupted_run(tiny_setup, tmp_path):  # noqa: F811
+def interrupted_run(tiny_setup, tmp_path):
     from palbert.recipe import load_recipe
     from palbert.training.run import TrainingInterrupted, train
 
@@ -441,7 +432,7 @@ def interrupted_run(tiny_setup, tmp_path):  # noqa: F811
     ],
 )
 def test_a_damaged_checkpoint_is_refused_in_one_line(
-    tiny_setup,  # noqa: F811
+    tiny_setup,
     tmp_path,
     capsys,
     damage,
@@ -458,7 +449,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
     assert snapshot(run) == before and not (run / "COMPLETE").exists()
 
 
-def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):
     from palbert.cli import main
     from palbert.training.loop import Trainer
 
@@ -480,7 +471,7 @@ def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):
     assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
 
 
-def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, capsys):  # noqa: F811
+def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
 
     _, run = interrupted_run(tiny_setup, tmp_path)

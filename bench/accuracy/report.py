@@ -41,7 +41,7 @@ def table(folder: Path) -> str:
     """The README's markdown table, with the settings every row shares under it."""
     results = load_results(folder)
     if not results:
-        return f"no results in {folder} (run: python bench/accuracy/run.py all)"
+        return f"no results in {folder} (run: python -m bench.accuracy.run all)"
     tasks: list[str] = []
     for r in results:
         tasks += [t for t in r["tasks"] if t not in tasks]

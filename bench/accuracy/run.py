@@ -2,12 +2,12 @@
 
 ::
 
-    python bench/accuracy/run.py ROW [--budget N] [--seed S] [--cfimdb] [--quick]
-    python bench/accuracy/run.py all [--budget N] ...     # every row, each in its own process
-    python bench/accuracy/run.py table                    # the README's markdown table
-    python bench/accuracy/run.py plot [--out PNG]         # dev mean against trainable/task
-    python bench/accuracy/run.py rows                     # each row's settings
-    python bench/accuracy/run.py timing                   # seconds per micro-batch, load
+    python -m bench.accuracy.run ROW [--budget N] [--seed S] [--cfimdb] [--quick]
+    python -m bench.accuracy.run all [--budget N] ...     # every row, each in its own process
+    python -m bench.accuracy.run table                    # the README's markdown table
+    python -m bench.accuracy.run plot [--out PNG]         # dev mean against trainable/task
+    python -m bench.accuracy.run rows                     # each row's settings
+    python -m bench.accuracy.run timing                   # seconds per micro-batch, load
 
 Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/quickstart.yaml``).
 Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,9 +34,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `bench.accuracy` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import yaml
 
@@ -142,17 +138,9 @@ def examples_seen(batches: int, rows: int, batch_size: int) -> int:
 
 
 def machine() -> dict[str, Any]:
-    import torch
+    from bench.machine import machine_info
 
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_at_start": list(os.getloadavg()),
-    }
+    return machine_info()
 
 
 def cpu_seconds() -> float:
@@ -728,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         runs=runs,
         quick=bool(smoke),
         progress=not args.no_progress,
-        command="python bench/accuracy/run.py "
+        command="python -m bench.accuracy.run "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     )
     if args.what == "all":
@@ -742,7 +730,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_done and done(results / f"{name}.json", ctx):
                 print(f"bench: {name} done already, skipped", file=sys.stderr)
                 continue
-            p = subprocess.run([sys.executable, str(Path(__file__).resolve()), name, *forwarded])
+            p = subprocess.run(
+                [sys.executable, "-m", "bench.accuracy.run", name, *forwarded], cwd=ROOT
+            )
             if p.returncode != 0:
                 failed.append(name)
         print(report.table(results))

@@ -34,12 +34,12 @@ timeout 180 python3 -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 \
 SHAPES=${SHAPES:-"random:minilm:32x64 random:minilm:32x128 random:bert-base:16x64 random:bert-base:16x128 random:bert-base:32x128"}
 MEMORY_SHAPES=${MEMORY_SHAPES:-"random:minilm:32x128 random:bert-base:16x128"}
 log "speed: bench_pal.py --device $DEVICE ($SHAPES)"
-timeout 240 python3 bench/bench_pal.py --device "$DEVICE" --no-compile --rounds "${ROUNDS:-5}" --iters "${ITERS:-10}" \
+timeout 240 python3 -m bench.bench_pal --device "$DEVICE" --no-compile --rounds "${ROUNDS:-5}" --iters "${ITERS:-10}" \
   --shapes $SHAPES --out "$OUT/pal-$DEVICE.json" > "$OUT/pal-$DEVICE.log" 2>&1
 echo "rc=$?" >> "$OUT/pal-$DEVICE.log"; tail -n 40 "$OUT/pal-$DEVICE.log"
 
 log "memory: bench_pal.py --memory --device $DEVICE"
-timeout 150 python3 bench/bench_pal.py --device "$DEVICE" --memory \
+timeout 150 python3 -m bench.bench_pal --device "$DEVICE" --memory \
   --shapes $MEMORY_SHAPES --out "$OUT/memory-$DEVICE.json" \
   > "$OUT/memory-$DEVICE.log" 2>&1
 echo "rc=$?" >> "$OUT/memory-$DEVICE.log"; tail -n 15 "$OUT/memory-$DEVICE.log"

@@ -266,6 +266,9 @@ class Batcher:
                     self.limits.max_batch_tokens,
                     self.limits.max_batch_rows,
                 )
+                if not self.hold.is_set():  # paused (tests): nothing is computed
+                    self._cond.wait(0.01)
+                    continue
                 waited = time.perf_counter() - self._units[0].queued
                 if full or waited >= wait_s or self._closing:
                     chosen = set(idx)
@@ -276,7 +279,6 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
-            self.hold.wait()
             batch = self._next()
             if batch is None:
                 return
