@@ -61,12 +61,6 @@ def test_a_max_length_beyond_the_encoders_positions_is_refused(
 @pytest.mark.parametrize(
     "tasks, sampler, train, message",
     [
-        (  # a bi-encoder cannot share a mixed batch
-            [{"name": "sts", "encoding": "bi"}, "sst"],
-            {"mixed": True, "per": "micro_batch"},
-            {"grad_accum": 2},
-            "task 'sts' in a mixed batch",
-        ),
         (  # one task per step: merging would change nothing
             ["sst", "sts"],
             {"mixed": True, "per": "step"},
