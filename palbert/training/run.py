@@ -415,7 +415,7 @@ def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1)
     resolve_precision(t.precision, device)
     data_dir = resolve_data_dir(recipe)
     tasks = build_tasks(recipe, data_dir)
-    check_sampler(recipe, tasks)
+    check_sampler(recipe)
     model = build_model(recipe, tasks)
     tokenizer = model.tokenizer  # checked against the encoder's vocabulary
     check_lengths(model, tokenizer)
@@ -440,8 +440,8 @@ def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1)
     return Run(recipe, model, tasks, trainer, sampler, streams, dev, data_dir, world, rank == 0)
 
 
-def check_sampler(recipe: Recipe, tasks: dict[str, Any]) -> None:
-    """Refuse a ``sampler:`` section that the tasks cannot train with, or that would do
+def check_sampler(recipe: Recipe) -> None:
+    """Refuse a ``sampler:`` section that would do nothing, or that the tasks cannot train with:
     nothing: mixed batches merge the tasks of one optimizer step into one forward pass."""
     s, where = recipe.sampler, Path(recipe.source).name if recipe.source else "recipe"
     if not s.mixed:
