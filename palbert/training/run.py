@@ -441,8 +441,8 @@ def prepare(recipe: Recipe, device: torch.device, rank: int = 0, world: int = 1)
 
 
 def check_sampler(recipe: Recipe) -> None:
-    """Refuse a ``sampler:`` section that would do nothing, or that the tasks cannot train with:
-    nothing: mixed batches merge the tasks of one optimizer step into one forward pass."""
+    """Refuse a ``sampler:`` section whose mixed batches would do nothing: they merge the
+    tasks of one optimizer step into one forward pass."""
     s, where = recipe.sampler, Path(recipe.source).name if recipe.source else "recipe"
     if not s.mixed:
         return
