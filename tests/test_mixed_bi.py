@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from palbert import PalBert
-from palbert.training.loop import merge_batches
+from palbert.tasks.batching import merge_batches
 from tests.tiny_run import PAIRS, SENT, four_tasks
 
 
