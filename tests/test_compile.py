@@ -73,3 +73,34 @@ def test_one_task_forward_traces_as_one_graph(impl):
     with torch.no_grad():
         explained = torch._dynamo.explain(model)(batch, task="a")
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.slow  # compiling the encoder: about a minute on 2 busy cores
+def test_serve_compiled_encoder_answers_as_eager():
+    """``palbert serve --compile``: mixed-task batches of two shapes (dynamic: no second
+    compile needed) through the compiled encoder equal eager's to 1e-5."""
+    from palbert.serve.app import compile_encoder
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = ModuleConfig(kind="pal", size=8, heads=2, init="normal")
+    model = PalBert.from_pretrained("random:tiny", module=module).eval()
+    for name in ("a", "b"):
+        model.add_task(name, MeanHead())
+    batches = []
+    for rows, width in ((4, 10), (7, 13)):
+        ids = torch.randint(5, 1000, (rows, width))
+        mask = torch.ones_like(ids)
+        mask[0, width // 2 :] = 0
+        batches.append(
+            dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                 task_ids=torch.arange(rows) % 2)
+        )  # fmt: skip
+    with torch.inference_mode():
+        want = [model(b) for b in batches]
+        compile_encoder(model)
+        got = [model(b) for b in batches]
+    for w, g in zip(want, got, strict=True):
+        assert w.keys() == g.keys() == {"a", "b"}
+        for k in w:
+            torch.testing.assert_close(g[k], w[k], rtol=0, atol=1e-5)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from palbert.serve.app import ServeConfig, create_app
+from palbert.serve.app import ServeConfig, compile_encoder, create_app
 from palbert.serve.batcher import BatchLimits
 
 DEFAULTS = ServeConfig()
@@ -39,7 +39,6 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import torch
     import uvicorn
 
     from palbert.export import _device, model_for_files, task_files
@@ -53,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
         model.load_task(f, force=args.force)  # a misfit is refused here, naming the file
     model.to(_device(args.device))
     if args.compile:
-        model.backbone.forward = torch.compile(model.backbone.forward, dynamic=True)
+        compile_encoder(model)  # compiled by the warm-up forward, before the ready line
     config = ServeConfig(
         limits=BatchLimits(
             args.max_batch_tokens, args.max_batch_rows, args.max_wait_ms, args.max_queue
