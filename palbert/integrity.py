@@ -69,7 +69,12 @@ def read_header(path: str | os.PathLike, where: str | None = None) -> tuple[int,
                     f"{where} is damaged or not a safetensors file (only {size} bytes)"
                 )
             (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or 8 + n > size:
+            if n > MAX_HEADER:
+                raise IntegrityError(
+                    f"{where} is damaged or not palbert's: its header would be {n:,} bytes "
+                    f"(at most {MAX_HEADER:,} are read)"
+                )
+            if 8 + n > size:
                 raise IntegrityError(
                     f"{where} is damaged or not a safetensors file (header of {n} bytes, "
                     f"file of {size} bytes)"
