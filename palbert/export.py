@@ -41,7 +41,13 @@ from typing import Any
 import torch
 
 from palbert.backbones import TOKENIZER_FILES
-from palbert.files import atomic_write_text, child, remove_temporaries, write_files_into
+from palbert.files import (
+    atomic_write_text,
+    child,
+    is_temporary,
+    remove_temporaries,
+    write_files_into,
+)
 from palbert.inference import evaluate, run_split
 from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
 from palbert.model import PalBert
@@ -181,7 +187,8 @@ def check_backbone_out(model, out: str | Path, overwrite: bool = False) -> bool:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; the encoder is written into a folder: choose --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+    holds = out.is_dir() and any(not is_temporary(p) for p in out.iterdir())
+    if holds and not (out / "config.json").is_file():
         raise ExportError(f"{out} exists and is not an exported backbone folder; choose --out")
     weights = out / "model.safetensors"
     if not weights.exists() and not weights.is_symlink():
