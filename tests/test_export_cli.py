@@ -540,7 +540,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tiny_full_run, tmp_path, capsys, monkey
         "export": ["--task", "all", "--out", str(tmp_path)],
         "predict": ["--out", str(tmp_path)],
     }
-    assert main([command, str(run), *args.get(command, [])]) == 130
+    try:
+        code = main([command, str(run), *args.get(command, [])])
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt escaped palbert's main (a traceback for the user)")
+    assert code == 130
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert err == [f"palbert {command}: interrupted"]
 
