@@ -26,7 +26,7 @@ from transformers import BertConfig
 
 from palbert.errors import BackboneError
 from palbert.hub import hub_reachable
-from palbert.integrity import IntegrityError, check_sealed
+from palbert.integrity import IntegrityError, check_finite, check_sealed
 from palbert.minbert import MinBert
 
 Impl = Literal["transformers", "minbert"]
@@ -106,8 +106,7 @@ def resolve_backbone(name: str) -> Path:
         return embedded_path()
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BackboneError(f"backbone folder {path} has no config.json")
+        check_folder(path)
         return path.resolve()
     if path.suffix or name.startswith((".", "/", "~")):
         raise BackboneError(f"backbone folder {path} does not exist")
@@ -134,6 +133,53 @@ def resolve_backbone(name: str) -> Path:
         raise BackboneError(f"could not download backbone {name!r}: {e}") from e
 
 
+# A tokenizer is either of these (tokenizers' own file, or a WordPiece vocabulary)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse an encoder folder that lacks any part of an encoder, naming every part missing:
+    ``config.json``, the ``.safetensors`` weights, the tokenizer files. Without its tokenizer,
+    transformers builds a tokenizer of a few tokens that maps every word to [UNK] and the
+    model predicts garbage without an error (a kill during ``palbert export`` leaves such a
+    folder)."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any(folder.glob("*.safetensors")):
+        pickled = any(folder.glob("*.bin"))
+        missing.append(
+            "model.safetensors (palbert never unpickles weights: convert them with "
+            "transformers' model.save_pretrained(folder))"
+            if pickled
+            else "model.safetensors"
+        )
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(f"the tokenizer files ({' or '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise BackboneError(
+            f"backbone folder {folder} lacks {', '.join(missing)}; an encoder folder needs all "
+            "of them (`palbert export RUN_DIR --backbone` writes them; a killed export leaves "
+            "some: run it again)"
+        )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of what a tokenizer does: its vocabulary and the ids it gives a probe of
+    cased, accented, CJK and punctuated text (single and pair). Task files record it, so a
+    task is never run with words mapped to other ids than it was trained on."""
+    h = hashlib.sha256()
+    for token, i in sorted(tokenizer.get_vocab().items()):
+        h.update(f"{i}\t{token}\n".encode())
+    enc = tokenizer(_PROBE[0], _PROBE[1])
+    for key in ("input_ids", "token_type_ids"):
+        h.update(f"{key}:{list(enc.get(key) or [])}\n".encode())
+    return h.hexdigest()[:16]
+
+
+_PROBE = ("Héllo, WORLD! Ça va? naïve café 你好 don't 3.14 ##ing [MASK]", "Second\tpart ...")
+
+
 def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") -> Backbone:
     """Load an encoder by name, folder or ``random:<shape>`` with either implementation."""
     if impl not in ("transformers", "minbert"):
@@ -144,11 +190,7 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
         return Backbone(model=model, config=config, source=name, name=name, impl=impl)
 
     folder = resolve_backbone(name)
-    if not any(Path(folder).glob("*.safetensors")):
-        raise BackboneError(
-            f"backbone folder {folder} has no .safetensors weights; palbert never unpickles "
-            f"weights (convert with transformers: model.save_pretrained(folder))"
-        )
+    check_folder(Path(folder))
     _check_palbert_weights(Path(folder))
     config = BertConfig.from_pretrained(folder)
     if impl == "transformers":
@@ -172,6 +214,10 @@ def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") ->
 
         model = MinBert.from_pretrained(folder)
     model.eval()
+    try:  # whatever the seal: weights with NaN or inf load and predict garbage silently
+        check_finite(model.state_dict(), f"backbone weights in {folder}")
+    except IntegrityError as e:
+        raise BackboneError(str(e)) from None
     return Backbone(model=model, config=config, source=str(folder), name=name, impl=impl)
 
 

@@ -11,7 +11,9 @@ palbert params --backbone minilm --module pal
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Any
 
 from palbert import __version__
 
@@ -53,7 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Output:
+    """stdout that outlives its reader: once the pipe it feeds is closed (``palbert export
+    ... | head -1``), the rest goes to /dev/null and the command finishes its work, instead
+    of dying of a broken pipe between two files."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _closed(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what is still buffered drains there too
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. Known errors print one line (2); Ctrl-C prints one
+    line (130); a closed stdout is not an error."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -61,15 +95,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from palbert.backbones import BackboneError
 
+    stdout = sys.stdout
     try:
-        return int(args.func(args) or 0)
+        sys.stdout.fileno()
+        sys.stdout = _Output(stdout)
+    except (AttributeError, OSError, ValueError):  # not a real file (captured in tests)
+        pass
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
     except BackboneError as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # whatever was being written is whole or absent (palbert.files)
+        print(f"\npalbert {args.command}: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:  # a full disk, a read-only folder, a file that vanished
         where = f": {e.filename}" if e.filename else ""
         print(f"palbert {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

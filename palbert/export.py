@@ -5,6 +5,7 @@ Commands (registered in the ``palbert`` CLI by :func:`add_commands`)::
     palbert export [RUN_DIR] --task sts [--out DIR] [--dtype float16|bfloat16|float32]
     palbert export [RUN_DIR] --task all [--out DIR]     # DIR/<task>.safetensors for each task
     palbert export RUN_DIR --backbone [--out DIR]       # DIR/backbone/: the fine-tuned encoder
+                   [--overwrite]                        # replace another encoder there
     palbert eval [RUN_DIR | FILE.safetensors ...] [--backbone NAME] [--split dev]
     palbert predict [RUN_DIR | FILE.safetensors ...] [--split dev|test | --input FILE]
                     [--out DIR] [--format cs224n|csv|jsonl]
@@ -39,7 +40,14 @@ from typing import Any
 
 import torch
 
-from palbert.files import child
+from palbert.backbones import TOKENIZER_FILES
+from palbert.files import (
+    atomic_write_text,
+    child,
+    is_temporary,
+    remove_temporaries,
+    write_files_into,
+)
 from palbert.inference import evaluate, run_split
 from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
 from palbert.model import PalBert
@@ -171,17 +179,52 @@ def _out_folder(out: str | Path) -> Path:
     return folder
 
 
-def export_backbone(model, out: str | Path) -> Path:
+def check_backbone_out(model, out: str | Path, overwrite: bool = False) -> bool:
+    """Refuse to write the model's encoder into ``out`` when it holds another one (other
+    weights: the task files exported beside it would stop loading) unless ``overwrite``;
+    whether ``out`` holds another encoder to replace. A folder without ``model.safetensors``
+    holds no encoder (nothing yet, or an export killed before its weights, written last)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file; the encoder is written into a folder: choose --out")
+    holds = out.is_dir() and any(not is_temporary(p) for p in out.iterdir())
+    if holds and not (out / "config.json").is_file():
+        raise ExportError(f"{out} exists and is not an exported backbone folder; choose --out")
+    weights = out / "model.safetensors"
+    if not weights.exists() and not weights.is_symlink():
+        return False
+    try:
+        theirs = metadata(weights).get("palbert.fingerprint")
+    except IntegrityError:
+        theirs = None  # damaged or unreadable: not this encoder either
+    mine = model.fingerprint()
+    if theirs == mine:
+        return False
+    if not overwrite:
+        raise ExportError(
+            f"{out} holds another encoder (weights fingerprint {theirs or 'unknown'}, this "
+            f"run's is {mine}); the task files exported beside it need it. Choose another "
+            "--out, or pass --overwrite to replace it (then export those tasks again)"
+        )
+    return True
+
+
+def export_backbone(model, out: str | Path, overwrite: bool = False) -> Path:
     """Write the model's encoder as a transformers folder: ``config.json``,
     ``model.safetensors`` (float32, BertModel's keys) and the tokenizer files.
 
     ``transformers.BertModel.from_pretrained(out)`` and ``PalBert.from_pretrained(out)``
     load it; its fingerprint is the one that task files exported from the same model name.
+    A folder holding another encoder is refused unless ``overwrite`` (:func:`check_backbone_out`).
+    Every file is written atomically, the weights last, so a killed export leaves a folder
+    that loading refuses by name (no weights), never a mix of two encoders.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ExportError(f"{out} exists and is not an exported backbone folder; choose --out")
+    replacing = check_backbone_out(model, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)  # a killed export's
+    if replacing:  # until the new weights land, the folder holds no encoder, not a mix
+        (out / "model.safetensors").unlink()
     state = {
         k: t.detach().to("cpu", torch.float32).contiguous().clone()
         if t.is_floating_point()
@@ -192,11 +235,18 @@ def export_backbone(model, out: str | Path) -> Path:
     info = model.backbone_info
     config = info.config.__class__.from_dict(info.config.to_dict())
     config.architectures = ["BertModel"]
-    config.save_pretrained(out)
+
+    def configs(tmp: Path) -> None:  # transformers writes in place: into a temporary folder
+        config.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+
+    written = write_files_into(out, configs)
+    if replacing:  # the other encoder's tokenizer files that this one does not write
+        for stale in {*TOKENIZER_FILES, "special_tokens_map.json"} - {p.name for p in written}:
+            (out / stale).unlink(missing_ok=True)
     # sealed (palbert.sha256): PalBert.from_pretrained(out) checks it, transformers ignores it
     meta = {"format": "pt", "palbert.fingerprint": model.fingerprint(), "palbert.base": info.name}
     write_sealed(out / "model.safetensors", state, meta)
-    model.tokenizer.save_pretrained(out)
     return out
 
 
@@ -327,13 +377,17 @@ def _export(args: argparse.Namespace) -> int:
             f"run {run} did not train its encoder (its best.safetensors has no backbone.* "
             f"keys): its tasks load on the stock backbone {model.backbone_info.name!r}"
         )
+    # the task files of a run that fine-tuned its encoder work only on that encoder
+    with_backbone = args.backbone or (args.task is not None and trained_backbone(run))
+    if with_backbone:  # refused before anything is written
+        check_backbone_out(model, out / "backbone", args.overwrite)
+    remove_temporaries(out)  # a killed export's
     if args.task is not None:
         for path in export_run(run, args.task, out, args.dtype, loaded=loaded):
             tf_name = path.name.removesuffix(".safetensors")
             print(f"{tf_name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    # the task files of a run that fine-tuned its encoder work only on that encoder
-    if args.backbone or (args.task is not None and trained_backbone(run)):
-        folder = export_backbone(model, out / "backbone")
+    if with_backbone:
+        folder = export_backbone(model, out / "backbone", overwrite=args.overwrite)
         print(f"backbone -> {folder}/ (the run's fine-tuned encoder)")
     if args.task is not None:
         files = out / ("*.safetensors" if args.task == "all" else f"{args.task}.safetensors")
@@ -368,7 +422,7 @@ def _eval(args: argparse.Namespace) -> int:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in results[name].items())
         print(f"{name:<12} {args.split:<6} {shown}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -380,6 +434,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ExportError(f"--input goes to one task: add --task (one of {list(tasks)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)  # a killed predict's
     for name, task in tasks.items():
         split = args.split
         if args.input is not None:
@@ -427,6 +482,11 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="write the run's fine-tuned encoder as a transformers folder (OUT/backbone); "
         "--task does it too when the run trained its encoder",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace another encoder in OUT/backbone (its task files stop loading)",
     )
     p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
     p.set_defaults(func=_export)

@@ -31,7 +31,12 @@ from palbert.files import atomic_write_with
 PREFIX = "palbert."
 HASH_KEY = PREFIX + "sha256"
 _PLACEHOLDER = "0" * 64  # the digest's length, so filling it in moves no byte of the file
-_MAX_HEADER = 100 * 1024 * 1024  # headers are a few KB; bigger means damage
+# Bounds checked before a header is parsed: a task file's header is a few KB, a bert-large
+# checkpoint's optimizer state about 1,500 tensors and 300 KB; far more means damage or a
+# hostile file, refused before it costs time or memory.
+MAX_HEADER = 16 * 1024 * 1024
+MAX_TENSORS = 100_000
+MAX_JSON_DEPTH = 32  # of a JSON value in the header's metadata (specs nest 3 or 4 deep)
 _CHUNK = 1 << 24
 
 
@@ -64,7 +69,12 @@ def read_header(path: str | os.PathLike, where: str | None = None) -> tuple[int,
                     f"{where} is damaged or not a safetensors file (only {size} bytes)"
                 )
             (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER or 8 + n > size:
+            if n > MAX_HEADER:
+                raise IntegrityError(
+                    f"{where} is damaged or not palbert's: its header would be {n:,} bytes "
+                    f"(at most {MAX_HEADER:,} are read)"
+                )
+            if 8 + n > size:
                 raise IntegrityError(
                     f"{where} is damaged or not a safetensors file (header of {n} bytes, "
                     f"file of {size} bytes)"
@@ -76,16 +86,62 @@ def read_header(path: str | os.PathLike, where: str | None = None) -> tuple[int,
         raise IntegrityError(f"{where} is a folder, not a safetensors file") from None
     except OSError as e:
         raise IntegrityError(f"{where} cannot be read: {e}") from e
+    count = raw.count(b'"data_offsets"')  # an upper bound of the tensors, before parsing
+    if count > MAX_TENSORS:
+        raise IntegrityError(
+            f"{where} is damaged or not palbert's: its header lists {count:,} tensors "
+            f"(at most {MAX_TENSORS:,} are read)"
+        )
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
+        _check_depth(header, 3 + MAX_JSON_DEPTH)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise IntegrityError(f"{where} is damaged: its header is not valid JSON ({e})") from e
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise IntegrityError(
+            f"{where} is damaged: its header is not valid JSON ({reason})"
+        ) from None
     meta = header.get("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise IntegrityError(f"{where} is damaged: its metadata is not a map of strings")
     return n, header
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    """ValueError when ``value`` (parsed JSON) nests deeper than ``limit`` (walked without
+    recursion, so no depth can overflow the stack here)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                raise ValueError(f"nested deeper than {limit} levels")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+
+
+def load_json(text: str, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a JSON value from a file's header (bounded in size by :data:`MAX_HEADER`) with a
+    nesting bound; every failure is an :class:`IntegrityError` naming ``where``."""
+    try:
+        value = json.loads(text)
+        _check_depth(value, max_depth)
+    except RecursionError:
+        raise IntegrityError(f"{where} is not valid JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise IntegrityError(f"{where} is not valid JSON ({e})") from None
+    return value
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or inf, whatever the file's seal: a model built on them
+    predicts NaN scores or one label for every row without any other sign."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise IntegrityError(
+                f"{where} holds non-finite values (NaN or inf) in tensor {key}; these weights "
+                "cannot be used (train again, or export from an earlier checkpoint)"
+            )
 
 
 def metadata(path: str | os.PathLike, where: str | None = None) -> dict[str, str]:
@@ -159,17 +215,19 @@ def check_sealed(
     *,
     required: bool = True,
     data_only: bool = False,
+    header: tuple[int, dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Verify a sealed file; return its metadata.
 
     ``required``: the caller knows palbert wrote the file (a run's weights), so a missing
     hash is damage; otherwise a file without any ``palbert.*`` key (a Hugging Face model) is
     returned unchecked, and one with them must carry a valid hash. ``data_only``: the hash
-    covers only the data section (task files of format 1).
+    covers only the data section (task files of format 1). ``header``: what
+    :func:`read_header` returned for this file, so that it is not read twice.
     """
     path = Path(path)
     where = where or str(path)
-    n, header = read_header(path, where)
+    n, header = header or read_header(path, where)
     meta = header.get("__metadata__", {})
     expected = meta.get(HASH_KEY)
     if expected is None:
@@ -194,24 +252,33 @@ def read_sealed(
     *,
     required: bool = True,
     data_only: bool = False,
+    header: tuple[int, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a file checked by :func:`check_sealed` (same arguments)."""
+    """(tensors, metadata) of a file checked by :func:`check_sealed` (same arguments); weights
+    holding NaN or inf are refused (:func:`check_finite`)."""
     from safetensors.torch import load_file
 
-    meta = check_sealed(path, where, required=required, data_only=data_only)
+    where = where or str(path)
+    meta = check_sealed(path, where, required=required, data_only=data_only, header=header)
     try:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error type for a damaged layout
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise IntegrityError(f"{where or path} is damaged: {reason}") from None
+        raise IntegrityError(f"{where} is damaged: {reason}") from None
+    check_finite(tensors, where)
     return tensors, meta
 
 
 __all__ = [
     "HASH_KEY",
+    "MAX_HEADER",
+    "MAX_JSON_DEPTH",
+    "MAX_TENSORS",
     "IntegrityError",
+    "check_finite",
     "check_sealed",
     "is_palbert_file",
+    "load_json",
     "metadata",
     "read_header",
     "read_sealed",

@@ -34,8 +34,10 @@ from palbert.backbones import (
     fingerprint,
     load_backbone,
     load_tokenizer,
+    tokenizer_fingerprint,
 )
 from palbert.encoded import Encoded
+from palbert.errors import BackboneError
 from palbert.layers import ModuleConfig, Route, Router, build_module
 from palbert.masks import attention_dtype
 from palbert.taskfile import (
@@ -121,6 +123,15 @@ class PalBert(nn.Module):
         if self._fingerprint is None or self._fingerprint[0] != key:
             self._fingerprint = (key, fingerprint(self.backbone))
         return self._fingerprint[1]
+
+    def tokenizer_fingerprint(self) -> str | None:
+        """:func:`palbert.backbones.tokenizer_fingerprint` of :attr:`tokenizer`; None when no
+        tokenizer fits the encoder (a random test encoder smaller than the shared vocabulary),
+        so a task file of it records none."""
+        try:
+            return tokenizer_fingerprint(self.tokenizer)
+        except BackboneError:
+            return None
 
     # -- tasks ---------------------------------------------------------------------------
     @property
@@ -376,6 +387,7 @@ class PalBert(nn.Module):
             "impl": info.impl,
             "config": config_dict(info.config),
             "fingerprint": self.fingerprint(),
+            "tokenizer": self.tokenizer_fingerprint(),
             "fine_tuned": bool(fine_tuned),
         }
         tf = TaskFile(
@@ -415,7 +427,14 @@ class PalBert(nn.Module):
                 "to load it under another name"
             )
         info = self.backbone_info
-        check_backbone(tf, info.name, info.config.to_dict(), self.fingerprint, force=force)
+        check_backbone(
+            tf,
+            info.name,
+            info.config.to_dict(),
+            self.fingerprint,
+            force,
+            self.tokenizer_fingerprint,
+        )
         try:
             spec = TaskSpec.coerce(tf.spec, name)
             config = tf.module_config.resolved(self.hidden_size)

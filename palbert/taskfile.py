@@ -11,7 +11,8 @@ A task file holds the weights of one task's module (PAL, low-rank or adapter) un
     palbert.module           the resolved module config
     palbert.active_layers    layers whose PAL is switched on (progressive depth), or null
     palbert.backbone         name, source, impl, config (hidden_size, num_hidden_layers,
-                             vocab_size, ...), fingerprint of its weights, fine_tuned
+                             vocab_size, ...), fingerprint of its weights, tokenizer
+                             (fingerprint of its tokenizer), fine_tuned
     palbert.dtype            dtype of the stored tensors
     palbert.sha256           hash of the header and the tensor bytes, so a damaged file is
                              caught (:mod:`palbert.integrity`; format 1: tensor bytes only)
@@ -38,7 +39,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from palbert.integrity import PREFIX, IntegrityError, metadata, read_sealed, write_sealed
+from palbert.integrity import (
+    PREFIX,
+    IntegrityError,
+    load_json,
+    read_header,
+    read_sealed,
+    write_sealed,
+)
 from palbert.layers import ModuleConfig
 
 FORMAT_VERSION = 2  # 2: the hash covers the header too (format 1: the tensor bytes only)
@@ -131,7 +139,8 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
     path = Path(path)
     where = f"task file {path}"
     try:
-        meta = metadata(path, where)
+        header = read_header(path, where)  # read once, bounded (palbert.integrity)
+        meta = dict(header[1].get("__metadata__", {}))
         if PREFIX + "format_version" not in meta:
             raise TaskFileError(
                 f"{where} has no palbert metadata (palbert.format_version); it is not a task "
@@ -152,7 +161,7 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
             )
         # format 1 hashed the tensor bytes only (a format-2 file relabelled 1 still fails: its
         # hash covers the header)
-        tensors, meta = read_sealed(path, where, data_only=version == 1)
+        tensors, meta = read_sealed(path, where, data_only=version == 1, header=header)
     except IntegrityError as e:
         raise TaskFileError(str(e)) from None
 
@@ -162,12 +171,10 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
             if required:
                 raise TaskFileError(f"{where}: palbert metadata lacks {PREFIX + key}")
             return None
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise TaskFileError(
-                f"{where}: palbert metadata {PREFIX + key} is not valid JSON"
-            ) from e
+        try:  # bounded in size (the header's) and depth
+            return load_json(raw, f"{where}: palbert metadata {PREFIX + key}")
+        except IntegrityError as e:
+            raise TaskFileError(str(e)) from None
 
     spec, module, backbone = field("spec"), field("module"), field("backbone")
     for key, value in (("spec", spec), ("module", module), ("backbone", backbone)):
@@ -225,10 +232,12 @@ def check_backbone(
     config: dict[str, Any],
     fingerprint: Callable[[], str],
     force: bool = False,
+    tokenizer: Callable[[], str] | None = None,
 ) -> None:
     """Refuse a task file made for another encoder than ``name`` (with transformers config
-    ``config``): a different shape always, different weights (``fingerprint()``, called only
-    when needed) unless ``force``."""
+    ``config``): a different shape always, different weights (``fingerprint()``) or another
+    tokenizer (``tokenizer()``, both called only when needed) unless ``force``. Files written
+    before palbert recorded the tokenizer carry no ``tokenizer`` and are not checked for it."""
     want = tf.backbone["config"]
     wanted = tf.backbone.get("name", "?")
     if any(want.get(k) != config.get(k) for k in SHAPE_KEYS):
@@ -237,11 +246,10 @@ def check_backbone(
             f"but this model's backbone is {_describe(name, config)}; load it on "
             f"PalBert.from_pretrained({wanted!r})"
         )
-    fp = tf.backbone.get("fingerprint")
-    if fp is None or force:
+    if force:
         return
-    mine = fingerprint()
-    if fp != mine:
+    fp = tf.backbone.get("fingerprint")
+    if fp is not None and fp != (mine := fingerprint()):
         hint = (
             "it was trained with a fine-tuned encoder: load it on the backbone/ folder that "
             "`palbert export` writes beside its task files"
@@ -252,6 +260,14 @@ def check_backbone(
             f"task file {tf.path} needs backbone {wanted!r} with weights fingerprint {fp}, "
             f"but this model's backbone {name!r} has fingerprint {mine}; {hint}, or pass "
             "force=True (--force) to load it anyway"
+        )
+    want_tok = tf.backbone.get("tokenizer")
+    if want_tok is not None and tokenizer is not None and want_tok != (mine := tokenizer()):
+        raise TaskFileError(
+            f"task file {tf.path} was trained with a tokenizer of fingerprint {want_tok}, but "
+            f"this model's backbone {name!r} tokenizes differently (fingerprint {mine}): its "
+            "words would map to other ids; load it on the encoder folder it was exported with "
+            "(its tokenizer files included), or pass force=True (--force) to load it anyway"
         )
 
 

@@ -392,3 +392,185 @@ def test_a_full_disk_is_one_line(frozen_run, tmp_path, capsys, monkeypatch):
     assert main(["export", str(run), "--task", "all", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and str(tmp_path) in err
+
+
+# -- wrong answers with exit 0 (issue 23) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_full_run(tmp_path_factory, tiny_setup, data):
+    """A run that fine-tuned the tiny encoder: its task files need its backbone/ folder."""
+    backbone, _ = tiny_setup
+    root = tmp_path_factory.mktemp("full")
+    return make_run(root, data, backbone=str(backbone), mode="full", specs=SPECS[:2])
+
+
+def test_an_encoder_folder_without_its_tokenizer_is_refused(tiny_full_run, data, tmp_path, capsys):
+    """Config and weights alone (what a killed export left) once predicted with a tokenizer
+    of a few tokens, every word [UNK], exit 0; now every missing part is named."""
+    import shutil
+
+    run, _ = tiny_full_run
+    full = tmp_path / "E"
+    assert main(["export", str(run), "--task", "all", "--out", str(full)]) == 0
+    part = tmp_path / "part"
+    (part / "backbone").mkdir(parents=True)
+    shutil.copy(full / "sent.safetensors", part)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(full / "backbone" / name, part / "backbone")
+    capsys.readouterr()
+    assert main(["eval", str(part / "sent.safetensors"), "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"backbone folder {part / 'backbone'} lacks the tokenizer files" in err
+    assert "config.json," not in err and err.count("\n") == 1
+    (part / "backbone" / "config.json").unlink()
+    from palbert import BackboneError
+
+    with pytest.raises(BackboneError, match="lacks config.json, the tokenizer files"):
+        PalBert.from_pretrained(str(part / "backbone"))
+
+
+def test_a_task_file_needs_the_tokenizer_it_was_trained_with(tiny_setup, tmp_path):
+    """Same weights, another tokenizer (two words' ids swapped): refused unless forced; a file
+    written before palbert recorded tokenizers loads unchecked."""
+    import shutil
+
+    from palbert.taskfile import write_task_file
+
+    backbone, _ = tiny_setup
+    model = PalBert.from_pretrained(str(backbone))
+    from palbert.tasks import build_task
+
+    task = build_task(SENT_SPEC, cache_dir=False)
+    model.add_task("sent", task.build_head(model.hidden_size), spec=task)
+    path = model.save_task("sent", tmp_path / "sent.safetensors")
+    assert read_task_file(path).backbone["tokenizer"] == model.tokenizer_fingerprint()
+
+    other = shutil.copytree(backbone, tmp_path / "other")
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    (other / "vocab.txt").unlink()
+    swapped = PalBert.from_pretrained(str(other))
+    assert swapped.fingerprint() == model.fingerprint()  # only the tokenizer differs
+    with pytest.raises(ValueError, match=f"task file {path} .* tokenizes differently"):
+        swapped.load_task(path)
+    assert swapped.load_task(path, force=True) == "sent"
+
+    tf = read_task_file(path)
+    del tf.backbone["tokenizer"]
+    old = write_task_file(tf, tmp_path / "old.safetensors")
+    assert PalBert.from_pretrained(str(other)).load_task(old) == "sent"
+
+
+def test_export_refuses_to_replace_another_encoder(
+    tiny_full_run, tiny_setup, data, tmp_path, capsys
+):
+    """An export into a folder whose backbone/ holds other weights once replaced them, and
+    the task files exported beside them stopped loading."""
+    from palbert.export import export_backbone
+    from tests.tiny_run import snapshot
+
+    run, _ = tiny_full_run
+    backbone, _ = tiny_setup
+    out = tmp_path / "out"
+    export_backbone(PalBert.from_pretrained(str(backbone)), out / "backbone")  # the stock one
+    before = snapshot(out)
+    args = ["export", str(run), "--task", "all", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'backbone'} holds another encoder" in err and "--overwrite" in err
+    assert snapshot(out) == before  # refused before anything was written
+    assert main([*args, "--overwrite"]) == 0
+    assert main(["eval", str(out), "--data-dir", str(data)]) == 0
+    assert main(args) == 0  # the same encoder again: nothing to refuse
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_export_and_predict_replace_symlinks_and_clean_leftovers(tiny_full_run, tmp_path, capsys):
+    """Links planted at the destinations are replaced, not written through (their targets
+    outside --out are untouched); temporaries of a killed earlier command are removed."""
+    run, _ = tiny_full_run
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    out = tmp_path / "out"
+    (out / "backbone").mkdir(parents=True)
+    for name in ("backbone/config.json", "backbone/tokenizer_config.json", "sent.safetensors"):
+        (out / name).symlink_to(outside)
+    leftovers = [out / ".sent.safetensors.x1.tmp", out / "backbone" / ".config.json.x2.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half")
+    (out / "backbone" / ".files.tmp-x3").mkdir()
+    assert main(["export", str(run), "--task", "all", "--out", str(out)]) == 0
+    assert outside.read_text() == "keep me"
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert not [p for p in out.rglob(".*")]
+    assert read_task_file(out / "sent.safetensors").name == "sent"
+
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / "sent-test-output.csv").symlink_to(outside)
+    (preds / ".sim-test-output.csv.x4.tmp").write_text("half")
+    assert main(["predict", str(run), "--out", str(preds), "--split", "test"]) == 0
+    assert outside.read_text() == "keep me"
+    assert sorted(p.name for p in preds.iterdir()) == [
+        "sent-test-output.csv",
+        "sim-test-output.csv",
+    ]
+    assert not (preds / "sent-test-output.csv").is_symlink()
+    report = tmp_path / "report.json"
+    report.symlink_to(outside)
+    assert main(["eval", str(run), "--json", str(report)]) == 0
+    assert outside.read_text() == "keep me" and set(json.loads(report.read_text())) == {
+        "sent",
+        "sim",
+    }
+
+
+@pytest.mark.parametrize("command", ["export", "eval", "predict"])
+def test_ctrl_c_is_one_line_and_exit_130(tiny_full_run, tmp_path, capsys, monkeypatch, command):
+    run, _ = tiny_full_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("palbert.export.load_run", interrupted)
+    args = {
+        "export": ["--task", "all", "--out", str(tmp_path)],
+        "predict": ["--out", str(tmp_path)],
+    }
+    try:
+        code = main([command, str(run), *args.get(command, [])])
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt escaped palbert's main (a traceback for the user)")
+    assert code == 130
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert err == [f"palbert {command}: interrupted"]
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_closed_stdout_ends_cleanly_after_all_the_work(tiny_full_run, tmp_path, unbuffered):
+    """``palbert export ... | head -1``: the reader is gone before the first line; the export
+    still writes every file, and ends with exit 0 and nothing on stderr."""
+    import subprocess
+    import sys
+
+    run, _ = tiny_full_run
+    out = tmp_path / "out"
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone: every write to the pipe fails
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    cmd = [sys.executable, "-m", "palbert", "export", str(run), "--task", "all", "--out", str(out)]
+    try:
+        done = subprocess.run(
+            cmd, stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=300
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert (out / "backbone" / "model.safetensors").is_file()
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "sent.safetensors",
+        "sim.safetensors",
+    ]

@@ -164,3 +164,80 @@ def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(
     summary = [untimed(json.loads((r / "summary.json").read_text())) for r in (ref, run)]
     assert summary[0] == summary[1]
     assert not [p.name for p in run.glob(".*")]  # no temporaries, no previous checkpoint
+
+
+# -- export and predict -------------------------------------------------------------------
+
+CLI_KILLS = 6  # per command: half at a random fsync or rename, half at a random time
+
+
+def _cli(args: list[str], trap: int | None) -> None:
+    torch.set_num_threads(1)
+    if trap is not None:
+        _arm(trap)
+    from palbert.cli import main
+
+    os._exit(main(args))
+
+
+def command(args: list[str], *, after: float | None = None, trap: int | None = None) -> bool:
+    """Run ``palbert ARGS`` in a forked process, SIGKILLed ``after`` seconds or at its
+    ``trap``-th fsync or rename; whether it was killed."""
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=_cli, args=(args, trap))
+    p.start()
+    p.join(after)
+    if p.is_alive():
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    assert p.exitcode in (0, -signal.SIGKILL), f"palbert {args[0]} failed ({p.exitcode})"
+    return p.exitcode == -signal.SIGKILL
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """The visible files under ``folder`` (temporaries are hidden), path -> bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["export", "predict"])
+def test_kill_9_during_export_or_predict_leaves_whole_files_or_none(
+    tiny_setup, tmp_path, monkeypatch, name
+):
+    """Every file at its final path is whole (byte for byte what an uninterrupted command
+    writes) or absent, after any kill; the next command removes the temporaries left."""
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    backbone, data = tiny_setup
+    recipe = write_recipe(tmp_path, backbone, data, train={"max_steps": 2}, eval={"every": 2})
+    assert not attempt(recipe, tmp_path / "runs")  # a run that fine-tuned its encoder
+    (run,) = (tmp_path / "runs").iterdir()
+
+    def args(out: Path) -> list[str]:
+        if name == "export":
+            return ["export", str(run), "--task", "all", "--out", str(out)]
+        return ["predict", str(run), "--split", "dev", "--out", str(out)]
+
+    start = time.monotonic()
+    assert not command(args(tmp_path / "ref"))
+    full = time.monotonic() - start
+    want = files(tmp_path / "ref")
+    assert len(want) >= (6 if name == "export" else 2)  # task files, encoder; predictions
+
+    out = tmp_path / "out"
+    rng = random.Random(SEED)
+    killed = 0
+    for i in range(CLI_KILLS):
+        if i % 2:
+            killed += command(args(out), trap=rng.randint(1, 12 if name == "export" else 5))
+        else:
+            killed += command(args(out), after=rng.uniform(0.3, 0.95) * full)
+        got = files(out) if out.is_dir() else {}
+        assert all(want[k] == v for k, v in got.items()), "a partial file at its final path"
+    assert killed >= CLI_KILLS // 2, f"only {killed} of {CLI_KILLS} attempts were killed"
+    assert not command(args(out))
+    assert files(out) == want
+    assert not [str(p) for p in out.rglob(".*")], "temporaries left behind"

@@ -193,6 +193,114 @@ def test_task_files_of_format_1_still_read(task_file, tmp_path):
         read_task_file(path)
 
 
+def resealed(task_file: bytes, path: Path, edit) -> Path:
+    """The task file sealed again by palbert's own writer after ``edit(tensors, meta)``: its
+    hash is valid, so only the checks of what it holds can refuse it."""
+    n, header = header_of(task_file)
+    meta = {k: v for k, v in header["__metadata__"].items() if k != HASH_KEY}
+    path.write_bytes(task_file)
+    tensors, _ = read_sealed(path)
+    edit(tensors, meta)
+    return write_sealed(path, tensors, meta)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_whatever_the_seal(task_file, tmp_path, value):
+    from palbert.taskfile import TaskFileError, read_task_file
+
+    def poison(tensors, meta):
+        tensors["module.V_D.weight"][0, 0] = value
+
+    path = resealed(task_file, tmp_path / "sts.safetensors", poison)
+    assert check_sealed(path)  # the seal is good
+    with pytest.raises(TaskFileError) as e:
+        read_task_file(path)
+    assert str(path) in str(e.value) and "module.V_D.weight" in str(e.value)
+    assert "non-finite" in str(e.value)
+    # a file without any seal (required=False) gets the same check
+    save_file({"w": torch.tensor([1.0, value])}, str(tmp_path / "hf.safetensors"))
+    with pytest.raises(IntegrityError, match="non-finite values .* in tensor w"):
+        read_sealed(tmp_path / "hf.safetensors", required=False)
+
+
+def test_an_encoder_with_non_finite_weights_is_refused(tiny_setup, tmp_path):
+    from palbert.backbones import BackboneError, load_backbone
+
+    backbone, _ = tiny_setup
+    folder = shutil.copytree(backbone, tmp_path / "enc")
+    weights = folder / "model.safetensors"
+    tensors, _ = read_sealed(weights, required=False)
+    key = next(k for k in tensors if "attention.output.dense.weight" in k)
+    tensors[key][1, 2] = float("nan")
+    save_file(tensors, str(weights), metadata={"format": "pt"})  # a stock, unsealed folder
+    for impl in ("transformers", "minbert"):
+        with pytest.raises(BackboneError, match=f"{folder}.* non-finite .* in tensor "):
+            load_backbone(str(folder), impl=impl)
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_nested_json_in_task_metadata_is_one_error(task_file, tmp_path, depth):
+    """Deeply nested JSON in a (resealed) metadata string: refused by name, not a
+    RecursionError, whether it is deeper than Python's stack or only than palbert's bound."""
+    from palbert.taskfile import TaskFileError, read_task_file
+
+    def nest(tensors, meta):
+        meta["palbert.spec"] = "[" * depth + "]" * depth
+
+    path = resealed(task_file, tmp_path / "sts.safetensors", nest)
+    with pytest.raises(TaskFileError, match=r"palbert.spec is not valid JSON \(nested"):
+        read_task_file(path)
+
+
+def test_a_header_of_too_many_tensors_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    """A small file of very many zero-size tensors once took minutes and gigabytes to refuse:
+    its header is refused by its size and tensor count before any JSON is parsed."""
+    import palbert.integrity as integrity
+
+    entry = '"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    n = integrity.MAX_TENSORS + 1
+    raw = ("{" + ",".join(entry % i for i in range(n)) + "}").encode()
+    assert len(raw) < integrity.MAX_HEADER
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    parsed = []
+    monkeypatch.setattr(integrity.json, "loads", lambda *a, **k: parsed.append(1))
+    with pytest.raises(IntegrityError, match=f"{path} .* lists {n:,} tensors"):
+        read_header(path)
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as fh:  # sparse: a header length past the bound
+        fh.write(struct.pack("<Q", integrity.MAX_HEADER + 1))
+        fh.truncate(integrity.MAX_HEADER + 64)
+    with pytest.raises(
+        IntegrityError,
+        match=f"{big} is damaged .* header would be {integrity.MAX_HEADER + 1:,} bytes",
+    ):
+        read_header(big)
+    assert not parsed
+
+
+def test_a_task_file_header_is_read_once(task_file, tmp_path, monkeypatch):
+    import palbert.integrity as integrity
+    import palbert.taskfile as taskfile
+
+    path = tmp_path / "sts.safetensors"
+    path.write_bytes(task_file)
+    reads = []
+    real = integrity.read_header
+
+    def counted(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(integrity, "read_header", counted)
+    monkeypatch.setattr(taskfile, "read_header", counted, raising=False)
+    monkeypatch.setattr(
+        taskfile, "metadata", lambda p, w=None: counted(p, w)[1]["__metadata__"], raising=False
+    )
+    taskfile.read_task_file(path)
+    assert len(reads) == 1
+
+
 # -- run folders ---------------------------------------------------------------------------
 
 

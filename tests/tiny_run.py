@@ -50,7 +50,11 @@ def make_backbone(root: Path, dropout: float = 0.0) -> Path:
     )
     torch.manual_seed(0)
     BertModel(cfg, add_pooling_layer=False).save_pretrained(root)
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
+    # vocab=, not vocab_file=: transformers 5 ignores vocab_file and builds a tokenizer of the
+    # five special tokens only, which maps every word to [UNK]
+    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"), do_lower_case=True)
+    assert len(tokenizer) == len(vocab), "the tiny tokenizer lost its vocabulary"
+    tokenizer.save_pretrained(root)
     return root
 
 

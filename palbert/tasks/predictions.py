@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from palbert.files import child
+from palbert.files import atomic_write_with, child
 
 CS224N_COLUMNS = {
     "sst": "Predicted_Sentiment",
@@ -126,29 +126,33 @@ def write_predictions(
     ids = [str(i) for i in _tolist(ids)]
     if len(ids) != len(values):
         raise ValueError(f"{len(ids)} ids but {len(values)} predictions")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        if fmt == "cs224n":
-            fh.write(f"id \t {cs224n_column(task)} \n")
-            for i, v in zip(ids, values, strict=True):
-                fh.write(f"{i} , {v} \n")
-        elif fmt == "csv":
-            w = csv.writer(fh, lineterminator="\n")
-            prob_cols = [f"prob_{n}" for n in task.labels] if probs is not None else []
-            w.writerow(["id", "prediction", *prob_cols])
-            for j, (i, v) in enumerate(zip(ids, values, strict=True)):
-                w.writerow([i, v, *(probs[j] if probs is not None else [])])
-        else:
-            for j, (i, v) in enumerate(zip(ids, values, strict=True)):
-                row: dict[str, Any] = {"id": i, "split": split, "task": task.name}
-                if task.kind == "regression":
-                    row["score"] = v
-                else:
-                    row["label"] = v
-                    row["label_id"] = list(task.labels).index(v)
-                    if probs is not None:
-                        row["probs"] = dict(zip(task.labels, probs[j], strict=True))
-                fh.write(json.dumps(row) + "\n")
+
+    # atomic: a kill never leaves a partial file that looks whole at the final path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            if fmt == "cs224n":
+                fh.write(f"id \t {cs224n_column(task)} \n")
+                for i, v in zip(ids, values, strict=True):
+                    fh.write(f"{i} , {v} \n")
+            elif fmt == "csv":
+                w = csv.writer(fh, lineterminator="\n")
+                prob_cols = [f"prob_{n}" for n in task.labels] if probs is not None else []
+                w.writerow(["id", "prediction", *prob_cols])
+                for j, (i, v) in enumerate(zip(ids, values, strict=True)):
+                    w.writerow([i, v, *(probs[j] if probs is not None else [])])
+            else:
+                for j, (i, v) in enumerate(zip(ids, values, strict=True)):
+                    row: dict[str, Any] = {"id": i, "split": split, "task": task.name}
+                    if task.kind == "regression":
+                        row["score"] = v
+                    else:
+                        row["label"] = v
+                        row["label_id"] = list(task.labels).index(v)
+                        if probs is not None:
+                            row["probs"] = dict(zip(task.labels, probs[j], strict=True))
+                    fh.write(json.dumps(row) + "\n")
+
+    atomic_write_with(path, write)
     return path
 
 

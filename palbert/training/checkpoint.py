@@ -22,11 +22,7 @@ checked on every read, so a damaged checkpoint is refused instead of trained on.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from palbert.files import fsync_dir
+from palbert.files import write_dir_atomically
 from palbert.integrity import PREFIX, read_sealed, save_sealed
 
 FORMAT = 2  # 2: sealed safetensors files (a hash in each header)
@@ -54,29 +50,6 @@ def saved_weights(model: nn.Module, with_backbone: bool | None = None) -> dict[s
         ):
             out[k] = v.detach().contiguous().clone()
     return out
-
-
-def write_dir_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary folder with ``write(tmp)``, then swap it in for ``final``."""
-    final = Path(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    old = final.parent / f".{final.name}.old"
-    try:
-        write(tmp)
-        for f in tmp.iterdir():  # the contents reach the disk before the rename does
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)  # a directory cannot be renamed over a non-empty one
-            fsync_dir(final.parent)  # the renames reach the disk in the order they happen
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def checkpoint_dir(path: Path) -> Path | None:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from palbert.files import TMP_SUFFIX, atomic_write_text
+from palbert.files import append_line, atomic_write_text, remove_temporaries
 from palbert.inference import evaluate, resolve_precision
 from palbert.integrity import read_sealed, write_sealed
 from palbert.model import PalBert
@@ -208,12 +208,10 @@ def clean_leftovers(run_dir: Path) -> None:
     """Remove the temporary files and folders that a killed run left behind (the swap's
     ``.last.tmp-*``, the atomic writes' ``.*.tmp``), and ``.last.old`` once ``last/`` holds a
     checkpoint (until then it is the last good one)."""
-    for path in run_dir.glob(".*"):
-        stale_old = path.name == ".last.old" and checkpoint_dir(run_dir / "last") != path
-        if path.is_dir() and (path.name.startswith(".last.tmp-") or stale_old):
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.is_file() and path.name.endswith(TMP_SUFFIX):
-            path.unlink(missing_ok=True)
+    remove_temporaries(run_dir)
+    old = run_dir / ".last.old"
+    if old.is_dir() and checkpoint_dir(run_dir / "last") != old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def find_resumable(recipe: Recipe) -> Path:
@@ -257,8 +255,7 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(_json_safe(record)) + "\n")
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(_json_safe(record)))
         if self.writer is None:
             return
         step = record.get("step", 0)
