@@ -59,6 +59,30 @@ def test_a_max_length_beyond_the_encoders_positions_is_refused(
 
 
 @pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"train": {"max_length": 1}}, "max_length 1 leaves no room for text"),
+        (  # [CLS] a [SEP] b [SEP]: three special tokens in a cross-encoded pair
+            {"tasks": ["sst", {"name": "sts", "max_length": 3}]},
+            "task 'sts': max_length 3 leaves no room for text after the 3 special tokens",
+        ),
+        ({"train": {"seed": -1}}, "train.seed"),
+    ],
+)
+def test_a_max_length_or_seed_that_cannot_work_is_refused_before_the_run_folder(
+    tiny_setup, tmp_path, capsys, sections, message
+):
+    from palbert.cli import main
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, **sections)
+    assert main(["train", str(path), "--no-progress"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert message in line and ("max_length" in line or "seed" in line)
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
     "tasks, sampler, train, message",
     [
         (  # one task per step: merging would change nothing

@@ -455,8 +455,10 @@ def check_sampler(recipe: Recipe) -> None:
 
 
 def check_lengths(model: PalBert, tokenizer: Any) -> None:
-    """Refuse a task whose max_length (capped by the tokenizer's, as tokenizing does) is
-    longer than the encoder's position embeddings: its long rows would fail mid-run."""
+    """Refuse a task whose max_length (capped by the tokenizer's, as tokenizing does) cannot
+    work: longer than the encoder's position embeddings (its long rows would fail mid-run),
+    or too short to hold the tokenizer's special tokens and one token of text (the
+    tokenizer then truncates nothing, and long rows fail mid-run too)."""
     positions = getattr(model.backbone_info.config, "max_position_embeddings", None)
     cap = getattr(tokenizer, "model_max_length", None)
     for name, spec in model.specs.items():
@@ -468,6 +470,13 @@ def check_lengths(model: PalBert, tokenizer: Any) -> None:
                 f"task {name!r}: max_length {n} is longer than the encoder's {positions} "
                 f"positions; set train.max_length (or the task's max_length) to at most "
                 f"{positions}"
+            )
+        special = tokenizer.num_special_tokens_to_add(pair=spec.encoding == "cross")
+        if n <= special:
+            raise RecipeError(
+                f"task {name!r}: max_length {n} leaves no room for text after the "
+                f"{special} special tokens of each input; set train.max_length (or the "
+                f"task's max_length) to at least {special + 1}"
             )
 
 
