@@ -28,7 +28,7 @@ from torch import nn
 from palbert.tasks.batching import TokenizedSplit, capped_length, tokenize_examples
 from palbert.tasks.errors import DataError
 from palbert.tasks.predictions import as_rows, decode
-from palbert.tasks.readers import Example
+from palbert.tasks.readers import Example, unicode_problem
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -171,6 +171,15 @@ def evaluate(
     return scores
 
 
+def text_problem(text: str) -> str | None:
+    """Why one input text cannot be predicted, or None. Refused as data files refuse such
+    rows: an empty text has nothing to score (an empty pair came out as "identical"), and a
+    lone surrogate cannot be tokenized at all."""
+    if not text.strip():
+        return "empty or whitespace-only text"
+    return unicode_problem(text)
+
+
 def _examples(spec: Any, inputs: Iterable[str | Sequence[str]]) -> list[Example]:
     if isinstance(inputs, (str, bytes)):
         raise TypeError(
@@ -189,6 +198,10 @@ def _examples(spec: Any, inputs: Iterable[str | Sequence[str]]) -> list[Example]
             raise ValueError(f"task {spec.name!r} takes sentence pairs; input {i} is one string")
         if not spec.pair and b is not None:
             raise ValueError(f"task {spec.name!r} takes single sentences; input {i} is a pair")
+        for side, text in (("", a), (" (its second text)", b)):
+            bad = text_problem(text) if text is not None else None
+            if bad:
+                raise ValueError(f"input {i}{side}: {bad}")
         out.append(Example(id=str(i), text_a=a, text_b=b, label=None, line=i))
     return out
 
@@ -241,5 +254,6 @@ __all__ = [
     "predict",
     "resolve_precision",
     "run_split",
+    "text_problem",
     "tokenize_inputs",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -60,6 +61,22 @@ def test_models_come_in_eval_mode_and_predict_leaves_the_mode(model):
 def test_a_string_is_not_a_list_of_inputs(model):
     with pytest.raises(TypeError, match="list"):
         model.predict("sst", "a plain string")
+
+
+@pytest.mark.parametrize(
+    "task, inputs, message",
+    [
+        # an empty pair used to score 5.0, "identical", without a word
+        ("sts", [PAIRS[0], ("", "")], "input 1: empty or whitespace-only text"),
+        ("sts", [("a cat", " \t")], "input 0 (its second text): empty or whitespace-only"),
+        ("sst", ["fine", "\n"], "input 1: empty"),
+        # a lone surrogate used to fail inside the tokenizer, naming no input
+        ("sst", ["fine", "half \ud83d"], "input 1: not valid Unicode (a lone surrogate U+D83D"),
+    ],
+)
+def test_an_empty_or_invalid_text_is_refused_naming_the_input(model, task, inputs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.predict(task, inputs)
 
 
 def test_concurrent_predict_equals_one_thread(model):

@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from palbert.inference import tokenize_inputs
+from palbert.inference import text_problem, tokenize_inputs
 from palbert.serve.batcher import Batcher, BatchLimits, Closed, QueueFull, Unit, assemble
 from palbert.serve.batcher import Request as Job
 from palbert.serve.metrics import MULTI, UNKNOWN, Metrics
@@ -183,6 +183,11 @@ def _check_inputs(state: State, served: Served, inputs: list, where: str) -> Non
     for i, x in enumerate(inputs):
         texts = [x] if isinstance(x, str) else list(x)
         for t in texts:
+            bad = text_problem(t) if isinstance(t, str) else None
+            if bad:  # what tokenize_inputs refuses, answered as the client's fault
+                raise state.reject(
+                    "bad_request", ServeError(422, "invalid_text", f"{where}.{i}: {bad}")
+                )
             if len(t) > cfg.max_chars:
                 raise state.reject(
                     "text_too_long",
