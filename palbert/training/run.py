@@ -748,6 +748,7 @@ def _evaluate(run: Run, step: int) -> str:
     if state.best is None or score > state.best["score"]:
         state.best = dict(state.final)
         meta = {"step": step, "epoch": sampler.epoch, "score": score, "format": "palbert-run"}
+        meta["total_steps"] = run.trainer.total  # export tells "step k of n" of unfinished runs
         meta |= progress_record(state.progress) | {FORMAT_KEY: FORMAT}
         meta = {k: str(v) for k, v in meta.items()}
         write_sealed(run.dir / "best.safetensors", saved_weights(run.model), meta)
