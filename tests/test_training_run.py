@@ -227,7 +227,7 @@ def test_a_resume_on_changed_data_is_refused_unless_the_user_says_to_go_on(
         main(["train", str(path), "--resume", str(run), "--no-progress", "--allow-data-change"])
         == 0
     )
-    assert "resuming" in capsys.readouterr().err
+    assert "resuming" in capsys.readouterr().err  # a warning naming the flag and the files
     assert (run / "COMPLETE").exists()
     now = json.loads((run / "data.json").read_text())["tasks"]
     assert now["sst"]["train"]["size"] == train_file.stat().st_size
@@ -560,3 +560,18 @@ def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, cap
     assert main(["plot", str(run)]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert "metrics.jsonl:1: not a JSON record (not UTF-8 text)" in line
+
+
+def test_a_damaged_data_record_is_refused_unless_the_user_says_to_go_on(tmp_path, capsys):
+    from palbert.recipe import RecipeError
+    from palbert.training.data_record import DATA_FILE, check_same_data, write_data_record
+
+    now = {"sst": {"train": {"file": "/d/train.csv", "size": 10, "sha256": "ab"}}}
+    write_data_record(tmp_path, now)
+    check_same_data(tmp_path, now)  # the same data: silent
+    assert capsys.readouterr().err == ""
+    (tmp_path / DATA_FILE).write_text('{"format": 1, "tasks": {"sst": ["not", "a", "record"]}}')
+    with pytest.raises(RecipeError, match="cannot tell what data it was trained on: .*damaged"):
+        check_same_data(tmp_path, now)
+    check_same_data(tmp_path, now, allow_change=True)
+    assert "--allow-data-change" in capsys.readouterr().err

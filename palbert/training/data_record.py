@@ -75,29 +75,27 @@ def check_same_data(run_dir: Path, data: Mapping[str, dict], allow_change: bool 
         )
         return
     try:
-        record = json.loads(path.read_text("utf-8"))
-        before = record["tasks"]
-        if not isinstance(before, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError) as e:
-        raise RecipeError(
-            f"{path} is damaged ({type(e).__name__}); cannot tell what data "
-            f"the run trained on; resume with {ALLOW_FLAG} to go on"
-        ) from None
-    changes = data_changes(before, data)
-    if not changes:
+        before = json.loads(path.read_text("utf-8"))["tasks"]
+        ok = isinstance(before, dict) and all(
+            isinstance(splits, dict) and all(isinstance(f, dict) for f in splits.values())
+            for splits in before.values()
+        )
+        changes = data_changes(before, data) if ok else None
+    except (ValueError, KeyError, TypeError):
+        changes = None
+    if changes == []:
         return
-    what = "; ".join(changes)
+    what = "; ".join(changes) if changes else f"{path} is damaged"
     if allow_change:
         print(
-            f"palbert: warning: resuming {run_dir} on changed data ({ALLOW_FLAG}): {what}",
+            f"palbert: warning: resuming {run_dir} without the same data ({ALLOW_FLAG}): {what}",
             file=sys.stderr,
         )
         return
+    head = "was trained on other data" if changes else "cannot tell what data it was trained on"
     raise RecipeError(
-        f"{run_dir} was trained on other data: {what}. Restore those files, or resume on "
-        f"this data with {ALLOW_FLAG} (allow_data_change=True from Python; the run then "
-        "mixes both)"
+        f"{run_dir} {head}: {what}. Restore those files, or resume on this data with "
+        f"{ALLOW_FLAG} (allow_data_change=True from Python; the run then mixes both)"
     )
 
 
