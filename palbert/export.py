@@ -100,6 +100,24 @@ def newest_run(root: str | Path = DEFAULT_CHECKPOINTS) -> Path:
     return runs[-1]
 
 
+def unfinished(run_dir: str | Path) -> str | None:
+    """What to tell about exporting a run that has not finished (no ``COMPLETE``): the step
+    of its best weights out of the run's length. None for a finished run."""
+    run_dir = Path(run_dir)
+    if (run_dir / "COMPLETE").is_file():
+        return None
+    try:
+        meta = metadata(run_dir / "best.safetensors")
+    except IntegrityError:
+        meta = {}  # load_run refuses it, naming the damage
+    step, total = meta.get("step"), meta.get("total_steps")  # older runs lack the total
+    when = f"step {step}" + (f" of {total}" if total else "") if step else "before its end"
+    return (
+        f"{run_dir} is unfinished (no COMPLETE): its weights are from {when}; "
+        f"finish it with `palbert train RECIPE --resume {run_dir}` for the full run"
+    )
+
+
 def trained_backbone(run_dir: str | Path) -> bool:
     """Whether the run's ``best.safetensors`` holds the encoder (train mode full).
 
@@ -331,6 +349,19 @@ def _device(name: str | None) -> torch.device:
     return device
 
 
+MAX_INPUT_MB = 256  # predict holds every row of --input in memory (the CS224N files: < 3 MB)
+
+
+def _check_input_size(path: Path, limit_mb: float) -> None:
+    """Refuse an --input file larger than ``--max-input-mb`` before reading it."""
+    size = path.stat().st_size if path.is_file() else 0  # the reader names other problems
+    if size > limit_mb * 1e6:
+        raise ExportError(
+            f"--input {path} is {size / 1e6:,.0f} MB, over the limit of {limit_mb:g} MB: predict "
+            "holds every row in memory; split the file, or raise the limit with --max-input-mb"
+        )
+
+
 def _input_task(task, path: Path, fmt: str):
     """The task reading a user's file as its unlabelled "test" split."""
     d = task.to_dict()
@@ -370,6 +401,9 @@ def _export(args: argparse.Namespace) -> int:
         raise ExportError("say what to export: --task NAME, --task all, or --backbone")
     run = _run_arg(args)
     loaded = load_run(run)
+    note = unfinished(run)
+    if note is not None:
+        print(f"palbert export: warning: {note}", file=sys.stderr)
     model = loaded[0]
     out = _out_folder(args.out if args.out is not None else default_out(run))
     if args.backbone and not trained_backbone(run):
@@ -435,12 +469,15 @@ def _predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_temporaries(out)  # a killed predict's
+    if args.input is not None:
+        _check_input_size(Path(args.input), args.max_input_mb)
     for name, task in tasks.items():
         split = args.split
         if args.input is not None:
             task, split = _input_task(task, Path(args.input), args.input_format), "test"
         res = run_split(model, task, split, args.batch_size, device)
-        tag = Path(args.input).stem if args.input is not None else args.split
+        # --input X/dev.csv must not overwrite the predictions of --split dev
+        tag = f"input-{Path(args.input).stem}" if args.input is not None else args.split
         path = write_predictions(out, task, res.ids, res.predictions, tag, fmt=args.format)
         print(f"{name:<12} {len(res.ids):>6} rows -> {path}")
     return 0
@@ -507,6 +544,16 @@ def add_commands(sub: Any) -> None:
         choices=["auto", "cs224n", "csv", "tsv", "jsonl"],
         help="format of --input (columns as the task's spec names them)",
     )
-    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument(
+        "--max-input-mb",
+        type=float,
+        default=MAX_INPUT_MB,
+        help=f"refuse an --input file larger than this (default {MAX_INPUT_MB})",
+    )
+    p.add_argument(
+        "--out",
+        default="predictions",
+        help="output folder (--input X.csv writes <task>-input-X-output.csv)",
+    )
     p.add_argument("--format", default="cs224n", choices=["cs224n", "csv", "jsonl"])
     p.set_defaults(func=_predict)

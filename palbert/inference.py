@@ -28,7 +28,7 @@ from torch import nn
 from palbert.tasks.batching import TokenizedSplit, capped_length, tokenize_examples
 from palbert.tasks.errors import DataError
 from palbert.tasks.predictions import as_rows, decode
-from palbert.tasks.readers import Example
+from palbert.tasks.readers import Example, unicode_problem
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -171,28 +171,47 @@ def evaluate(
     return scores
 
 
-class InputError(ValueError):
-    """An input that does not fit its task: ``index`` is its position, ``reason`` says why."""
+def text_problem(text: str) -> str | None:
+    """Why one input text cannot be predicted, or None. Refused as data files refuse such
+    rows: an empty text has nothing to score (an empty pair came out as "identical"), and a
+    lone surrogate cannot be tokenized at all."""
+    if not text.strip():
+        return "empty or whitespace-only text"
+    return unicode_problem(text)
 
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"input {index}: {reason}")
-        self.index, self.reason = index, reason
+
+class InputError(ValueError):
+    """An input that does not fit its task: ``index`` is its position, ``part`` names its
+    second text where that is at fault, ``reason`` says why, ``code`` is the kind of fault
+    (``wrong_input_kind`` or ``invalid_text``, as ``palbert serve`` answers it)."""
+
+    def __init__(self, index: int, reason: str, code: str, part: str = "") -> None:
+        super().__init__(f"input {index}{part}: {reason}")
+        self.index, self.reason, self.code, self.part = index, reason, code, part
 
 
 def check_input(spec: Any, x: Any, index: int) -> tuple[str, str | None]:
     """``(text_a, text_b)`` of one input of a task, or :class:`InputError`: a sentence (str)
-    for single-sentence tasks, a pair of strings for pair tasks. The one check of what
-    :func:`predict` and ``palbert serve`` accept."""
+    for single-sentence tasks, a pair of strings for pair tasks, each text one
+    :func:`text_problem` finds nothing wrong with. The one check of what :func:`predict` and
+    ``palbert serve`` accept."""
     if isinstance(x, str):
         a, b = x, None
     elif isinstance(x, Sequence) and len(x) == 2 and all(isinstance(s, str) for s in x):
         a, b = x
     else:
-        raise InputError(index, f"expected a string or a pair of strings, not {x!r}")
+        raise InputError(
+            index, f"expected a string or a pair of strings, not {x!r}", "wrong_input_kind"
+        )
     if bool(spec.pair) != (b is not None):
         want = "sentence pairs" if spec.pair else "single sentences"
         got = "one string" if b is None else "a pair"
-        raise InputError(index, f"task {spec.name!r} takes {want}; this input is {got}")
+        reason = f"task {spec.name!r} takes {want}; this input is {got}"
+        raise InputError(index, reason, "wrong_input_kind")
+    for part, text in (("", a), (" (its second text)", b)):
+        bad = text_problem(text) if text is not None else None
+        if bad:
+            raise InputError(index, bad, "invalid_text", part)
     return a, b
 
 
@@ -259,5 +278,6 @@ __all__ = [
     "predict",
     "resolve_precision",
     "run_split",
+    "text_problem",
     "tokenize_inputs",
 ]

@@ -51,6 +51,7 @@ from palbert.validate import (
     Where,
     above,
     at_least,
+    at_most,
     build,
     convert,
     each,
@@ -62,6 +63,9 @@ from palbert.validate import (
 DEFAULT_OUTPUT_DIR = "checkpoints"
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML, not a data file
 MAX_RECIPE_NODES = 100_000  # values a recipe may expand to, aliases counted where used
+# numpy's legacy seeding takes [0, 2**32 - 1]; the trainer's per-step generators multiply the
+# seed by ~10**6, which stays inside torch's 64 bits from this range
+MAX_SEED = 2**32 - 1
 
 
 class RecipeError(ConfigError):
@@ -111,6 +115,7 @@ class TrainSection:
     grad_accum: micro-batches (sampler draws) per optimizer step.
     precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (CUDA only), bf16.
     save_every: optimizer steps between resume checkpoints (None: at each evaluation).
+    seed: 0 to 2**32 - 1 (:data:`MAX_SEED`), the one seed of heads, shuffling and sampling.
     """
 
     mode: Literal["full", "frozen", "heads"] = "full"
@@ -124,7 +129,7 @@ class TrainSection:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     group_by_length: bool = False
-    seed: int = 0
+    seed: int = field(default=0, metadata=rules(at_least(0), at_most(MAX_SEED)))
     save_every: int | None = field(default=None, metadata=rules(at_least(1)))
     log_every: int = field(default=10, metadata=rules(at_least(1)))
     eval_batch_size: int = field(default=64, metadata=rules(at_least(1)))

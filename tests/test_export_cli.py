@@ -286,12 +286,69 @@ def test_predict_writes_prediction_files(frozen_run, tmp_path, capsys):
     user.write_text("sentence\nwhat a film\nawful\n")
     args = ["predict", str(run), "--task", "sent", "--input", str(user), "--format", "jsonl"]
     assert main([*args, "--out", str(out)]) == 0
-    lines = [json.loads(x) for x in (out / "sent-mine-output.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (out / "sent-input-mine-output.jsonl").read_text().splitlines()]
     assert [r["label"] for r in lines] == [
         r["label"] for r in model.predict("sent", ["what a film", "awful"])
     ]
     assert main(["predict", str(run), "--input", str(user)]) == 2
     assert "--input goes to one task" in capsys.readouterr().err
+
+
+def test_predict_input_files_get_their_own_name_and_bad_ones_are_refused_by_name(
+    frozen_run, tmp_path, capsys
+):
+    run, _ = frozen_run
+    out = tmp_path / "preds"
+    assert main(["predict", str(run), "--task", "sent", "--split", "test", "--out", str(out)]) == 0
+    split_file = out / "sent-test-output.csv"
+    before = split_file.read_bytes()
+    # a user's file named like a split: its predictions go beside the split's, not over them
+    user = tmp_path / "mine" / "test.csv"
+    user.parent.mkdir()
+    user.write_text("sentence\nwhat a film\n")
+    args = ["predict", str(run), "--task", "sent", "--out", str(out), "--input"]
+    assert main([*args, str(user)]) == 0
+    assert split_file.read_bytes() == before
+    assert len((out / "sent-input-test-output.csv").read_text().splitlines()) == 2
+    capsys.readouterr()
+    # not a regular file, binary, or too big: one line naming the file, nothing written
+    device = tmp_path / "dev.csv"
+    device.symlink_to(os.devnull)
+    binary = tmp_path / "zeros.csv"
+    binary.write_bytes(b"sentence\n" + b"\0" * 10_000)
+    for path, extra, words in [
+        (device, [], "is not a regular file (a device"),
+        (binary, [], f"{binary}:2: a NUL byte at character 1"),
+        (user, ["--max-input-mb", "0.00001"], "MB, over the limit of 1e-05 MB"),
+    ]:
+        assert main([*args, str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sent-input-test-output.csv",
+        "sent-test-output.csv",
+    ]
+
+
+def test_exporting_an_unfinished_run_warns_from_which_step_its_weights_are(
+    tiny_setup, token_cache, tmp_path, capsys
+):
+    from palbert.training.run import TrainingInterrupted, train
+    from tests.tiny_run import write_recipe
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data)  # 6 steps, evaluated at 3 and 6
+    with pytest.raises(TrainingInterrupted):
+        train(recipe_mod.load_recipe(path), progress=False, stop_at_step=4)
+    (run,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    assert main(["export", str(run), "--task", "sst", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "is unfinished (no COMPLETE): its weights are from step 3 of 6" in err
+    assert (tmp_path / "out" / "sst.safetensors").is_file()
+    train(recipe_mod.load_recipe(path), resume=run, progress=False)
+    assert main(["export", str(run), "--task", "sst", "--out", str(tmp_path / "out")]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -75,6 +76,22 @@ def test_an_input_of_the_wrong_kind_is_named_by_its_index(model):
         with pytest.raises(InputError) as e:
             model.predict(task, inputs)
         assert str(e.value).startswith(words), e.value
+
+
+@pytest.mark.parametrize(
+    "task, inputs, message",
+    [
+        # an empty pair used to score 5.0, "identical", without a word
+        ("sts", [PAIRS[0], ("", "")], "input 1: empty or whitespace-only text"),
+        ("sts", [("a cat", " \t")], "input 0 (its second text): empty or whitespace-only"),
+        ("sst", ["fine", "\n"], "input 1: empty"),
+        # a lone surrogate used to fail inside the tokenizer, naming no input
+        ("sst", ["fine", "half \ud83d"], "input 1: not valid Unicode (a lone surrogate U+D83D"),
+    ],
+)
+def test_an_empty_or_invalid_text_is_refused_naming_the_input(model, task, inputs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.predict(task, inputs)
 
 
 def test_concurrent_predict_equals_one_thread(model):

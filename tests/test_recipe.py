@@ -271,3 +271,10 @@ def test_default_data_dir(tmp_path, monkeypatch):
     # resolve_data_dir (palbert train) uses the same rule
     r = recipe_from_dict({"tasks": [{"name": "sts", "files": {"dev": "sts-dev.csv"}}]})
     assert resolve_data_dir(r, needed=["sts-dev.csv"]) == shared.resolve()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64 + 1)])
+def test_a_seed_outside_what_numpy_and_torch_take_is_refused_by_key(tmp_path, seed):
+    with pytest.raises(RecipeError, match=r"^train\.seed \(command-line override .*\) must be"):
+        load_recipe(write(tmp_path, BASE), [f"train.seed={seed}"])
+    assert load_recipe(write(tmp_path, BASE), [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1

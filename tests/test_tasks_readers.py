@@ -539,3 +539,60 @@ def test_hf_dataset_rows_and_classlabel_names(monkeypatch):
     assert [(r.id, r.text_a, r.label) for r in rows] == [("1", "good", 1), ("2", "bad", 0)]
     assert task.skipped == [("glue/sst2[validation]", 3, "empty text in 'sentence'")]
     assert ("glue", "sst2", "validation") in calls
+
+
+def test_jsonl_text_that_is_not_a_string_or_not_unicode_is_a_bad_row_named_by_line(tmp_path):
+    lines = [
+        '{"id": "a", "sentence": "fine", "sentiment": 1}',
+        '{"id": "b", "sentence": ["a", "list"], "sentiment": 1}',
+        '{"id": "c", "sentence": 42, "sentiment": 0}',
+        '{"id": "d", "sentence": {"an": "object"}, "sentiment": 0}',
+        '{"id": "e", "sentence": "half a pair \\ud800 here", "sentiment": 0}',
+        '{"id": 6, "sentence": "a numeric id and label are fine", "sentiment": 1}',
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    task = sst_like(files={"train": str(tmp_path / "d.jsonl")}, format="jsonl")
+    with pytest.raises(DataError) as e:
+        task.read("train")
+    reasons = {line: r for _, line, r in e.value.problems}
+    assert reasons == {
+        2: "'sentence' holds a list, not text",
+        3: "'sentence' holds a number, not text",
+        4: "'sentence' holds an object, not text",
+        5: "not valid Unicode (a lone surrogate U+D800 at character 13) in 'sentence'",
+    }
+    assert str(tmp_path / "d.jsonl") in str(e.value)
+    with pytest.warns(DataWarning):
+        assert [r.text_a for r in task.read("train", on_error="skip")] == [
+            "fine",
+            "a numeric id and label are fine",
+        ]
+
+
+def test_a_device_or_folder_is_not_a_regular_file_not_a_missing_one(tmp_path):
+    (tmp_path / "ids-sst-train.csv").symlink_to(os.devnull)
+    (tmp_path / "ids-sst-dev.csv").mkdir()
+    task = build_task("sst", data_dir=tmp_path, cache_dir=False)
+    assert task.splits() == ["train", "dev"]  # there, so read, and refused by name
+    for split, what in (("train", "a device"), ("dev", "a folder")):
+        with pytest.raises(DataError, match=rf"split '{split}': .* is not a regular file \({what}"):
+            task.read(split)
+    with pytest.raises(DataError, match=r"is not a regular file \(a device"):
+        read_records(tmp_path / "ids-sst-train.csv")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_binary_file_or_a_line_without_end_is_refused_by_line_before_it_fills_memory(
+    tmp_path, fmt
+):
+    from palbert.tasks.readers import MAX_LINE_CHARS
+
+    nul = tmp_path / f"nul.{fmt}"
+    nul.write_bytes(b"id,sentence\n1,fine\n" + b"\0" * 100)
+    with pytest.raises(DataError, match=rf"nul.{fmt}:3: a NUL byte at character 1"):
+        read_records(nul)
+    # a file of one endless line is refused after one bounded read, not held whole
+    long = tmp_path / f"long.{fmt}"
+    long.write_bytes(b"x" * (3 * MAX_LINE_CHARS))
+    with pytest.raises(DataError, match=rf"long.{fmt}:1: a line of over 1,048,576 characters"):
+        read_records(long)

@@ -264,6 +264,7 @@ def test_run_folder_contract_and_load_run(tiny_setup, tmp_path):
     assert run.parent == tmp_path / "runs" and run.name.startswith("tiny-")
     assert {
         "recipe.yaml",
+        "data.json",
         "last",
         "best.safetensors",
         "metrics.jsonl",

@@ -59,6 +59,30 @@ def test_a_max_length_beyond_the_encoders_positions_is_refused(
 
 
 @pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"train": {"max_length": 1}}, "max_length 1 leaves no room for text"),
+        (  # [CLS] a [SEP] b [SEP]: three special tokens in a cross-encoded pair
+            {"tasks": ["sst", {"name": "sts", "max_length": 3}]},
+            "task 'sts': max_length 3 leaves no room for text after the 3 special tokens",
+        ),
+        ({"train": {"seed": -1}}, "train.seed"),
+    ],
+)
+def test_a_max_length_or_seed_that_cannot_work_is_refused_before_the_run_folder(
+    tiny_setup, tmp_path, capsys, sections, message
+):
+    from palbert.cli import main
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, **sections)
+    assert main(["train", str(path), "--no-progress"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert message in line and ("max_length" in line or "seed" in line)
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
     "tasks, sampler, train, message",
     [
         (  # one task per step: merging would change nothing
@@ -166,6 +190,66 @@ def test_a_refused_resume_leaves_the_run_byte_identical(
     # the run still resumes as it was
     assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_resume_on_changed_data_is_refused_unless_the_user_says_to_go_on(
+    tiny_setup, tmp_path, capsys
+):
+    import shutil
+
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, shared = tiny_setup
+    data = tmp_path / "data"
+    shutil.copytree(shared, data)
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    record = json.loads((run / "data.json").read_text())["tasks"]
+    assert set(record) == {"sst", "sts"} and set(record["sst"]) == {"train", "dev"}
+    # two rows fewer and every label flipped: the same number of batches, other data
+    train_file = data / "ids-sst-train.csv"
+    header, *rows = train_file.read_text().splitlines()
+    flipped = [r.rsplit("\t", 1)[0] + "\t" + str(4 - int(r.rsplit("\t", 1)[1])) for r in rows]
+    train_file.write_text("\n".join([header, *flipped[:-2]]) + "\n")
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"task 'sst' split 'train': {train_file.resolve()} changed" in line
+    assert "sts" not in line and "--allow-data-change" in line
+    assert snapshot(run) == before
+    # the user says to go on: it does, warns, and records the data it now trains on
+    assert (
+        main(["train", str(path), "--resume", str(run), "--no-progress", "--allow-data-change"])
+        == 0
+    )
+    assert "resuming" in capsys.readouterr().err  # a warning naming the flag and the files
+    assert (run / "COMPLETE").exists()
+    now = json.loads((run / "data.json").read_text())["tasks"]
+    assert now["sst"]["train"]["size"] == train_file.stat().st_size
+    assert now["sst"]["train"]["sha256"] != record["sst"]["train"]["sha256"]
+
+
+def test_a_run_without_a_data_record_still_resumes_with_a_warning(tiny_setup, tmp_path, capsys):
+    from palbert.cli import main
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    backbone, data = tiny_setup
+    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp_path / "runs").iterdir()
+    (run / "data.json").unlink()  # as a run of an older palbert
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert len(warnings) == 1 and "records no fingerprint of its data" in warnings[0]
+    assert (run / "data.json").is_file() and (run / "COMPLETE").exists()
 
 
 def test_a_complete_run_is_not_resumed_and_a_finished_one_keeps_its_scores(
@@ -476,3 +560,18 @@ def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, cap
     assert main(["plot", str(run)]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert "metrics.jsonl:1: not a JSON record (not UTF-8 text)" in line
+
+
+def test_a_damaged_data_record_is_refused_unless_the_user_says_to_go_on(tmp_path, capsys):
+    from palbert.recipe import RecipeError
+    from palbert.training.data_record import DATA_FILE, check_same_data, write_data_record
+
+    now = {"sst": {"train": {"file": "/d/train.csv", "size": 10, "sha256": "ab"}}}
+    write_data_record(tmp_path, now)
+    check_same_data(tmp_path, now)  # the same data: silent
+    assert capsys.readouterr().err == ""
+    (tmp_path / DATA_FILE).write_text('{"format": 1, "tasks": {"sst": ["not", "a", "record"]}}')
+    with pytest.raises(RecipeError, match="cannot tell what data it was trained on: .*damaged"):
+        check_same_data(tmp_path, now)
+    check_same_data(tmp_path, now, allow_change=True)
+    assert "--allow-data-change" in capsys.readouterr().err

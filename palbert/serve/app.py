@@ -203,9 +203,9 @@ def _check_inputs(state: State, served: Served, inputs: list, where: str) -> Non
                 )  # fmt: skip
         try:
             check_input(served.spec, x, i)
-        except InputError as e:
+        except InputError as e:  # what tokenize_inputs refuses, answered as the client's fault
             raise state.reject(
-                "bad_request", ServeError(422, "wrong_input_kind", f"{where}.{i}: {e.reason}")
+                "bad_request", ServeError(422, e.code, f"{where}.{i}{e.part}: {e.reason}")
             ) from None
 
 

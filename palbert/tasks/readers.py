@@ -23,6 +23,11 @@ silently swallowing the rows after it.
 Bytes that are not UTF-8 damage only the rows that hold them: files are decoded with
 ``surrogateescape`` (undecodable bytes become lone surrogates U+DC80..U+DCFF, which valid
 UTF-8 never yields) and each such row is reported by line instead of failing the whole file.
+A JSONL string escape that leaves a lone surrogate (``"\\ud800"``) is reported the same way.
+
+What is not a text file is refused whole, naming the file and line, before it fills memory:
+a NUL byte (a binary file) or a physical line longer than :data:`MAX_LINE_CHARS`. JSONL
+text fields must be strings: a list, number or object there is a bad row, not text.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 # How files are opened: a BOM is dropped; undecodable bytes survive as lone surrogates.
 _TEXT = dict(encoding="utf-8-sig", errors="surrogateescape")
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# no row of text is this long; a longer line is a binary file or a file without line breaks
+MAX_LINE_CHARS = 1 << 20
 
 
 def _not_utf8(text: str, where: str = "") -> str | None:
@@ -59,6 +67,36 @@ def _not_utf8(text: str, where: str = "") -> str | None:
         return None
     byte = ord(m.group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
     return f"not UTF-8 text (byte 0x{byte:02x} {where or f'at character {m.start() + 1}'})"
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be tokenized as Unicode (a lone surrogate, which UTF-8 cannot
+    encode), or None."""
+    m = _SURROGATE.search(text)
+    if m is None:
+        return None
+    return (
+        f"not valid Unicode (a lone surrogate U+{ord(m.group()):04X} at character {m.start() + 1})"
+    )
+
+
+def _bounded_lines(fh: Any, path: Path) -> Iterator[str]:
+    """The physical lines of ``fh``, refusing (:class:`DataError` naming the file and line) a
+    NUL byte or a line over :data:`MAX_LINE_CHARS`: neither is a text data file, and reading
+    such a "line" whole could take all the memory there is."""
+    for lineno, line in enumerate(iter(lambda: fh.readline(MAX_LINE_CHARS + 1), ""), start=1):
+        nul = line.find("\x00")
+        if nul >= 0:
+            raise DataError(
+                f"{path}:{lineno}: a NUL byte at character {nul + 1}; this is a binary file, "
+                "not CSV/TSV/JSONL text"
+            )
+        if len(line) > MAX_LINE_CHARS:
+            raise DataError(
+                f"{path}:{lineno}: a line of over {MAX_LINE_CHARS:,} characters; a text data "
+                "file has one row per line (is this the right file?)"
+            )
+        yield line
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +150,7 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     if suffix == ".tsv":
         return "tsv"
     with open(path, newline="", **_TEXT) as fh:
-        first = fh.readline()
+        first = fh.readline(MAX_LINE_CHARS)
     return "tsv" if "\t" in first else "csv"
 
 
@@ -123,7 +161,7 @@ def read_records(path: str | Path, fmt: str = "auto", multiline: bool = False) -
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(not_a_file(path))
     try:
         kind = detect_format(path, fmt)
         if kind == "jsonl":
@@ -133,14 +171,24 @@ def read_records(path: str | Path, fmt: str = "auto", multiline: bool = False) -
         raise DataError(f"cannot read data file {path}: {e.strerror or e}") from e
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a data file: it does not exist, or it is not a regular
+    file (a folder, or a device such as /dev/null, perhaps through a symlink)."""
+    if not path.exists():
+        return f"data file not found: {path}"
+    what = "a folder" if path.is_dir() else "a device or other special file"
+    return f"{path} is not a regular file ({what}); name a CSV/TSV/JSONL file"
+
+
 def _read_delimited(path: Path, delimiter: str, multiline: bool) -> Table:
     opts = dict(delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
     records: list[Record] = []
     with open(path, newline="", **_TEXT) as fh:
+        lines = _bounded_lines(fh, path)
         if multiline:
-            rows = _stream_rows(fh, opts)
+            rows = _stream_rows(lines, opts)
         else:
-            rows = _line_rows(fh, opts, delimiter)
+            rows = _line_rows(lines, opts, delimiter)
         try:
             header_line, header, problem = next(rows)
         except StopIteration:
@@ -232,7 +280,7 @@ def _read_jsonl(path: Path) -> Table:
     records: list[Record] = []
     columns: dict[str, None] = {}  # insertion-ordered set
     with open(path, **_TEXT) as fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in enumerate(_bounded_lines(fh, path), start=1):
             if not line.strip():
                 continue
             bad = _not_utf8(line)
@@ -252,6 +300,17 @@ def _read_jsonl(path: Path) -> Table:
                 records.append(
                     Record(lineno, None, f"expected a JSON object, found {type(obj).__name__}")
                 )
+                continue
+            bad = next(
+                (
+                    f"{unicode_problem(v)} in {k!r}"
+                    for k, v in obj.items()
+                    if isinstance(v, str) and unicode_problem(v)
+                ),
+                None,
+            )
+            if bad is not None:
+                records.append(Record(lineno, None, bad))
                 continue
             columns.update(dict.fromkeys(obj))
             records.append(Record(lineno, obj))
@@ -354,10 +413,12 @@ def _first_line(e: BaseException) -> str:
     return s[0][:200] if s else ""
 
 
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or _nan(value):
         return None
     return value if isinstance(value, str) else str(value)
 
@@ -412,6 +473,13 @@ def parse_examples(
         for col in spec.text:
             if col not in v:
                 reasons.append(f"missing field {col!r}")
+                texts.append(None)
+                continue
+            if isinstance(v[col], (list, dict, bool, int, float)) and not _nan(v[col]):
+                kind = {list: "a list", dict: "an object", bool: "true/false"}.get(
+                    type(v[col]), "a number"
+                )
+                reasons.append(f"{col!r} holds {kind}, not text")
                 texts.append(None)
                 continue
             t = _text(v[col])

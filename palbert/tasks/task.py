@@ -32,6 +32,7 @@ from palbert.tasks.readers import (
     ParseResult,
     Table,
     infer_labels,
+    not_a_file,
     parse_examples,
     read_hf_dataset,
     read_records,
@@ -164,7 +165,8 @@ class Task:
         """Splits that can be read: those whose file exists (or all of a dataset's splits)."""
         if self.spec.dataset is not None:
             return list(self.spec.dataset.splits)
-        return [s for s in self.spec.files if self.path(s).is_file()]
+        # exists, not is_file: a split whose path is a device or folder is read, and refused
+        return [s for s in self.spec.files if self.path(s).exists()]
 
     def path(self, split: str) -> Path:
         """The file of ``split``: absolute, or relative to the data folder."""
@@ -179,6 +181,8 @@ class Task:
 
     def _check_file(self, split: str) -> Path:
         p = self.path(split)
+        if p.exists() and not p.is_file():  # /dev/null, a folder: not "not found"
+            raise DataError(f"task {self.name!r} split {split!r}: {not_a_file(p)}")
         if not p.is_file():
             where = (
                 f"data folder {self.data_dir}"

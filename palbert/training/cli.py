@@ -1,6 +1,7 @@
 """The ``train`` and ``plot`` commands.
 
 palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume [RUN_DIR]]
+                                      [--allow-data-change]
 torchrun --nproc_per_node 2 -m palbert train recipes/quickstart.yaml
 palbert plot checkpoints/quickstart-20260101-120000 [--out loss.png]
 """
@@ -11,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from palbert.training.data_record import ALLOW_FLAG
+
 
 def _train(args: argparse.Namespace) -> int:
     from palbert.recipe import RecipeError, load_recipe
@@ -20,6 +23,7 @@ def _train(args: argparse.Namespace) -> int:
     from palbert.training.run import train
 
     overrides, resume, no_progress = _split_rest(args.overrides, args.resume, args.no_progress)
+    allow_data_change = args.allow_data_change or ALLOW_FLAG in args.overrides
     # `--resume key=value` is an override after a bare --resume, not a run folder
     if isinstance(resume, str) and "=" in resume and not Path(resume).is_dir():
         overrides.insert(0, resume)
@@ -32,6 +36,7 @@ def _train(args: argparse.Namespace) -> int:
             resume=resume,
             overrides=overrides if resume else None,
             progress=not no_progress,
+            allow_data_change=allow_data_change,
         )
     except (RecipeError, DataError, ValueError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
@@ -60,6 +65,8 @@ def _split_rest(rest: list[str], resume, no_progress: bool):
         item = rest[i]
         if item == "--no-progress":
             no_progress = True
+        elif item == ALLOW_FLAG:
+            pass  # read by _train
         elif item == "--resume" or item.startswith("--resume="):
             resume = True
             value = item.split("=", 1)[1] if "=" in item else None
@@ -109,6 +116,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="RUN_DIR",
         help="continue an unfinished run (default: the newest of this recipe)",
+    )
+    p.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="let --resume go on although the run's data files changed since it started "
+        "(by default that is refused; see data.json in the run folder)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

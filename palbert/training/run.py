@@ -10,6 +10,7 @@
 The run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/``::
 
     recipe.yaml        the resolved recipe (every default filled in, tasks spelled out)
+    data.json          size and sha256 of every data file the run read (a resume checks it)
     last/              resume checkpoint: weights.safetensors, state.safetensors, state.json
     best.safetensors   PalBert state dict at the best dev score: every task_modules.* and
                        heads.* key, plus backbone.* when the backbone was trained
@@ -71,6 +72,7 @@ from palbert.training.checkpoint import (
     save_checkpoint,
     saved_weights,
 )
+from palbert.training.data_record import check_same_data, fingerprint_data, write_data_record
 from palbert.training.loop import NonFinite, TaskStream, Trainer, selection_score
 from palbert.training.samplers import TaskSampler, draws_per_epoch, expected_epochs
 
@@ -339,6 +341,7 @@ def train(
     overrides: list[str] | None = None,
     progress: bool = True,
     stop_at_step: int | None = None,
+    allow_data_change: bool = False,
 ) -> Path:
     """Train a recipe; return its run folder.
 
@@ -346,6 +349,8 @@ def train(
     resumed run follows the folder's recipe.yaml with ``overrides`` (``key.sub=value``)
     applied on top; recipe.yaml is rewritten only once the checkpoint has loaded, so a
     refused resume leaves the folder as it was.
+    A resume on data other than the run recorded in data.json is refused unless
+    ``allow_data_change`` (:mod:`palbert.training.data_record`).
     ``stop_at_step``: stop as if killed right after step k's checkpoint (for tests).
     """
     rank, world, device = init_distributed(recipe.train.device)
@@ -357,7 +362,9 @@ def train(
     # Every check before anything is written: a run that cannot start leaves nothing behind.
     run = prepare(recipe, device, rank, world)
     resuming = run_dir is not None
+    data = fingerprint_data(run.tasks, ("train", recipe.eval.split))
     if resuming:
+        check_same_data(run_dir, data, allow_data_change)
         restore(run, run_dir)
     elif run.main:
         run_dir = _new_run_dir(recipe)
@@ -368,6 +375,8 @@ def train(
         if run.main and (overrides or not resuming):
             text = dump_recipe(resolved(recipe, run.tasks, run.data_dir))
             atomic_write_text(run_dir / "recipe.yaml", text)
+        if run.main:
+            write_data_record(run_dir, data)
         run.dir = _same_on_every_process(run_dir, world)
         run.log = RunLog(run.dir if run.main else None, run.state.resumed_at)
         if run.main:
@@ -452,8 +461,10 @@ def check_sampler(recipe: Recipe) -> None:
 
 
 def check_lengths(model: PalBert, tokenizer: Any) -> None:
-    """Refuse a task whose max_length (capped by the tokenizer's, as tokenizing does) is
-    longer than the encoder's position embeddings: its long rows would fail mid-run."""
+    """Refuse a task whose max_length (capped by the tokenizer's, as tokenizing does) cannot
+    work: longer than the encoder's position embeddings (its long rows would fail mid-run),
+    or too short to hold the tokenizer's special tokens and one token of text (the
+    tokenizer then truncates nothing, and long rows fail mid-run too)."""
     positions = getattr(model.backbone_info.config, "max_position_embeddings", None)
     cap = getattr(tokenizer, "model_max_length", None)
     for name, spec in model.specs.items():
@@ -465,6 +476,13 @@ def check_lengths(model: PalBert, tokenizer: Any) -> None:
                 f"task {name!r}: max_length {n} is longer than the encoder's {positions} "
                 f"positions; set train.max_length (or the task's max_length) to at most "
                 f"{positions}"
+            )
+        special = tokenizer.num_special_tokens_to_add(pair=spec.encoding == "cross")
+        if n <= special:
+            raise RecipeError(
+                f"task {name!r}: max_length {n} leaves no room for text after the "
+                f"{special} special tokens of each input; set train.max_length (or the "
+                f"task's max_length) to at least {special + 1}"
             )
 
 
@@ -727,6 +745,7 @@ def _evaluate(run: Run, step: int) -> str:
     if state.best is None or score > state.best["score"]:
         state.best = dict(state.final)
         meta = {"step": step, "epoch": sampler.epoch, "score": score, "format": "palbert-run"}
+        meta["total_steps"] = run.trainer.total  # export tells "step k of n" of unfinished runs
         meta |= progress_record(state.progress) | {FORMAT_KEY: FORMAT}
         meta = {k: str(v) for k, v in meta.items()}
         write_sealed(run.dir / "best.safetensors", saved_weights(run.model), meta)
