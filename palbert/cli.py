@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each part of palbert registers its own subcommands.
     from palbert import export
+    from palbert.layers import MODULE_KINDS
     from palbert.serve import cli as serve_cli
     from palbert.training import cli as training_cli
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="print the parameter report of a model")
     p.add_argument("--backbone", default="minilm", help="name, folder or random:<shape>")
-    p.add_argument("--module", default="pal", choices=["pal", "low_rank", "adapter", "none"])
+    p.add_argument("--module", default="pal", choices=MODULE_KINDS)
     p.add_argument("--tasks", nargs="+", default=["sst", "cfimdb", "quora", "sts"])
     p.set_defaults(func=_params)
     return parser

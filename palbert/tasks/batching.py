@@ -37,6 +37,9 @@ from palbert.files import atomic_write_with
 from palbert.tasks.readers import Example
 
 CACHE_VERSION = 1
+# key suffixes of a batch's sentences: input_ids holds the first, input_ids_b a bi-encoded
+# pair's second (encoded alone)
+SIDES = ("", "_b")
 
 
 @dataclass
@@ -118,7 +121,7 @@ class TokenizedSplit:
         batch: dict[str, Any] = self.a.pad(idx, self.pad_id)
         if self.b is not None:
             for k, v in self.b.pad(idx, self.pad_id).items():
-                batch[f"{k}_b"] = v
+                batch[k + SIDES[1]] = v
         if self.labels is not None:
             batch["labels"] = torch.from_numpy(self.labels[idx])
         batch["ids"] = [self.ids[i] for i in idx]

@@ -41,7 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from palbert.choices import DECAYS
 from palbert.inference import autocast, resolve_precision
+from palbert.tasks.batching import SIDES
 from palbert.training.pcgrad import pcgrad
 
 if TYPE_CHECKING:
@@ -134,7 +136,7 @@ def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
         return max(0.0, 1.0 - progress)
     if decay == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"schedule decay must be linear, cosine or constant, not {decay!r}")
+    raise ValueError(f"schedule decay must be one of {', '.join(DECAYS)}, not {decay!r}")
 
 
 def rows(batch: dict[str, Any]) -> int:
@@ -163,7 +165,7 @@ def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad
     width = max([width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)])
     task_ids, sides, labels = [], [], {}
     for task, b in parts:
-        for side, suffix in enumerate(("", "_b") if "input_ids_b" in b else ("",)):
+        for side, suffix in enumerate(SIDES if "input_ids_b" in b else SIDES[:1]):
             n, w = b["input_ids" + suffix].shape
             for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
                 t = b.get(key + suffix, torch.zeros_like(b["input_ids" + suffix]))
