@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from palbert.backbones import Backbone, check_tokenizer, fingerprint, load_backbone, load_tokenizer
+from palbert.backbones import (
+    EMBEDDED_BACKBONE,
+    Backbone,
+    check_tokenizer,
+    fingerprint,
+    load_backbone,
+    load_tokenizer,
+)
 from palbert.choices import TRAIN_MODES, Impl, TrainMode, check_choice
 from palbert.encoded import Encoded
 from palbert.layers import ModuleConfig, Route, Router, TaskModule, build_module
@@ -80,7 +87,7 @@ class PalBert(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        backbone: str = "minilm",
+        backbone: str = EMBEDDED_BACKBONE,
         impl: Impl = "transformers",
         module: ModuleConfig | None = None,
     ) -> PalBert:
