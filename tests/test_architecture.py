@@ -3,12 +3,14 @@
 Imports go one way: cli -> training / export -> model -> inference -> taskfile, tasks, layers,
 backbones -> the shared bottom modules. No module imports a higher level, even lazily inside a
 function, and there is no import cycle. And no function takes more than 8 parameters: a longer
-list is a configuration that wants a name (a recipe section, an Order, a Shard).
+list is a configuration that wants a name (a recipe section, an Order, a Shard). And no list
+of allowed values is written twice: each is one ``Literal`` (or one tuple), the rest derive.
 """
 
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "palbert"
@@ -16,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "palbert"
 # Higher numbers may import lower ones (and their own level's package siblings), never higher.
 LEVELS: dict[str, int] = {
     "palbert.errors": 0,
+    "palbert.choices": 0,
     "palbert.files": 0,
     "palbert.integrity": 0,
     "palbert.hub": 0,
@@ -136,3 +139,38 @@ def test_no_function_takes_more_than_eight_parameters():
                 if n > 8:
                     long.append(f"{module_name(path)}:{node.lineno} {node.name} takes {n}")
     assert not long, "\n".join(long)
+
+
+# Literal data, not lists of allowed values: the built-in tasks' mappings
+DATA = {"BUILTIN_SPECS"}
+
+
+def string_lists(tree: ast.AST) -> list[tuple[frozenset[str], int]]:
+    """Every tuple, list or set of two or more strings written in the code (a ``Literal[...]``,
+    a ``choices=[...]``, an ``in (...)`` test), with its line; ``__all__`` and :data:`DATA`
+    left out."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id in {"__all__", *DATA} for t in targets):
+                skip |= {id(n) for n in ast.walk(node.value)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and id(node) not in skip:
+            values = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+            if len(values) == len(node.elts) >= 2 and all(isinstance(v, str) for v in values):
+                out.append((frozenset(values), node.lineno))
+    return out
+
+
+def test_no_list_of_allowed_values_is_written_twice():
+    where: dict[frozenset[str], list[str]] = defaultdict(list)
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for values, line in string_lists(ast.parse(path.read_text(encoding="utf-8"))):
+            where[values].append(f"{module_name(path)}:{line}")
+    twice = [f"{sorted(v)} at {', '.join(w)}" for v, w in where.items() if len(w) > 1]
+    assert not twice, (
+        "write each list once (a Literal in palbert/choices.py or its owner's module, the tuple "
+        "from typing.get_args) and take it from there:\n" + "\n".join(twice)
+    )

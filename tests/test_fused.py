@@ -27,17 +27,17 @@ def plain_attention(self: LowDimAttention, x, mask):
     return y.transpose(1, 2).reshape(B, T, d)
 
 
-def plain_term(self: Router, method, layer, x, base, route):
+def plain_term(self: Router, fn, x, base, route):
     """Each task's rows gathered, its term computed alone, scattered into zeros, then added."""
     if route.task is not None:
-        fn = self._method(route.task, method)
-        t = None if fn is None else fn(layer, x, route.mask)
+        module = self.module(route.task)
+        t = None if module is None else fn(module, x, route.mask)
         return None if t is None else base + t
     out = None
     for name, rows, mask in route.groups:
-        fn = self._method(name, method)
+        module = self.module(name)
         idx = torch.arange(x.shape[0])[rows]
-        t = None if fn is None else fn(layer, x[idx], mask)
+        t = None if module is None else fn(module, x[idx], mask)
         if t is not None:
             out = (torch.zeros_like(x) if out is None else out).index_add(0, idx, t)
     return None if out is None else base + out

@@ -218,3 +218,43 @@ def test_the_padding_mask_is_converted_once_per_forward_not_per_layer(autocast, 
         additive = sdpa_padding_mask(pair_batch["attention_mask"], torch.float32)
         assert boolean.dtype == torch.bool and additive.dtype == torch.float32
         assert torch.equal(LowDimAttention.forward(attn, x, boolean), attn(x, additive))
+
+
+def test_a_task_module_adds_a_term_only_where_it_defines_a_hook():
+    """The TaskModule contract: every hook returns None by default (nothing added, the bare
+    encoder's output exactly); the Router calls whichever hooks a module defines."""
+    from palbert import load_backbone
+    from palbert.layers import Route, Router, TaskModule
+
+    class FfnOfLayerOne(TaskModule):
+        def ffn_bottleneck(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
+            return torch.ones_like(x) if layer == 1 else None
+
+    torch.manual_seed(0)
+    bb = load_backbone("random:tiny")
+    bb.model.eval()
+    config = ModuleConfig(kind="adapter").resolved(bb.hidden_size)
+    router = Router(
+        {
+            "bare": TaskModule(config, bb.hidden_size, range(bb.num_layers)),
+            "one": FfnOfLayerOne(config, bb.hidden_size, range(bb.num_layers)),
+        }
+    )
+    router.inject(bb.layers)
+    ids = torch.randint(5, 1000, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+
+    def hidden(task: str | None) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            if task is None:
+                return bb.model(ids, mask, output_hidden_states=True).hidden_states
+            with router.routing(Route.of(mask, task=task)):
+                return bb.model(ids, mask, output_hidden_states=True).hidden_states
+
+    want = hidden(None)  # outside a routing block: no module runs
+    for got, ref in zip(hidden("bare"), want, strict=True):
+        assert torch.equal(got, ref)
+    one = hidden("one")
+    assert torch.equal(one[1], want[1])  # layer 0 untouched
+    assert not torch.allclose(one[2], want[2])  # layer 1's feed-forward output got +1

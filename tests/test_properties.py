@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from palbert.tasks import DataError, build_task
 from palbert.tasks.readers import read_records
+from palbert.tasks.spec import INPUT_FORMATS
 
 SCALE = float(os.environ.get("PALBERT_PROPERTY_SCALE", "1"))
 FEW = settings(
@@ -32,7 +33,6 @@ FEW = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-FORMATS = ["auto", "cs224n", "csv", "tsv", "jsonl"]
 SUFFIXES = [".csv", ".tsv", ".jsonl", ".txt"]
 
 # Pieces that matter to a CSV/TSV/JSONL parser, mixed with arbitrary bytes: separators,
@@ -93,7 +93,7 @@ def folder(tmp_path_factory):
 @given(
     data=contents,
     suffix=st.sampled_from(SUFFIXES),
-    fmt=st.sampled_from(FORMATS),
+    fmt=st.sampled_from(INPUT_FORMATS),
     multiline=st.booleans(),
 )
 def test_read_records_raises_only_data_errors_and_names_real_lines(
@@ -116,7 +116,7 @@ def test_read_records_raises_only_data_errors_and_names_real_lines(
 @given(
     data=contents,
     suffix=st.sampled_from(SUFFIXES),
-    fmt=st.sampled_from(FORMATS),
+    fmt=st.sampled_from(INPUT_FORMATS),
     multiline=st.booleans(),
     spec=st.sampled_from(SPECS),
     split=st.sampled_from(["train", "test"]),

@@ -4,13 +4,14 @@ Nothing here knows about tasks' data or training.
 """
 
 from palbert.layers.adapter import Adapter
-from palbert.layers.config import KINDS, ModuleConfig, Progressive, default_size
+from palbert.layers.config import MODULE_KINDS, ModuleConfig, Progressive, default_size
 from palbert.layers.inject import Route, Router
 from palbert.layers.low_rank import LowRank
+from palbert.layers.module import Projected, TaskModule
 from palbert.layers.pal import PAL, LowDimAttention
 
 
-def build_module(config: ModuleConfig, hidden_size: int, num_layers: int):
+def build_module(config: ModuleConfig, hidden_size: int, num_layers: int) -> TaskModule | None:
     """The task module for a config (None for kind "none"), sized for this encoder."""
     config = config.resolved(hidden_size)
     layers = config.layers if config.layers is not None else range(num_layers)
@@ -22,15 +23,17 @@ def build_module(config: ModuleConfig, hidden_size: int, num_layers: int):
 
 
 __all__ = [
-    "KINDS",
+    "MODULE_KINDS",
     "PAL",
     "Adapter",
     "LowDimAttention",
     "LowRank",
     "ModuleConfig",
     "Progressive",
+    "Projected",
     "Route",
     "Router",
+    "TaskModule",
     "build_module",
     "default_size",
 ]

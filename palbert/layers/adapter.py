@@ -6,12 +6,14 @@ output projection, each before its residual and LayerNorm: x -> x + W_up g(W_dow
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 from palbert.activations import activation as make_activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import reset_parameters
+from palbert.layers.module import TaskModule
 
 
 class Bottleneck(nn.Module):
@@ -26,27 +28,23 @@ class Bottleneck(nn.Module):
         return self.up(self.act(self.down(x)))
 
 
-class Adapter(nn.Module):
+class Adapter(TaskModule):
     """One task's adapters. Parameters per layer: 2 * (2*H*m + m + H)."""
 
-    def __init__(self, config: ModuleConfig, hidden_size: int, layers) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_ids = [int(i) for i in layers]
+    def __init__(self, config: ModuleConfig, hidden_size: int, layers: Iterable[int]) -> None:
+        super().__init__(config, hidden_size, layers)
         H, m, act = hidden_size, config.size, config.activation
         self.attention = nn.ModuleDict({str(i): Bottleneck(H, m, act) for i in self.layer_ids})
         self.ffn = nn.ModuleDict({str(i): Bottleneck(H, m, act) for i in self.layer_ids})
-        ups = [b.up for b in [*self.attention.values(), *self.ffn.values()]]
-        reset_parameters(self, config.init, outputs=ups)
+        self.reset_parameters()
 
-    def attention_bottleneck(
-        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor | None:
+    def outputs(self) -> list[nn.Linear]:
+        return [b.up for b in [*self.attention.values(), *self.ffn.values()]]
+
+    def attention_bottleneck(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
         """The adapter's addition to the attention output projection's result x."""
         return self.attention[str(layer)](x) if layer in self.layer_ids else None
 
-    def ffn_bottleneck(
-        self, layer: int, x: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor | None:
+    def ffn_bottleneck(self, layer: int, x: torch.Tensor) -> torch.Tensor | None:
         """The adapter's addition to the feed-forward output projection's result x."""
         return self.ffn[str(layer)](x) if layer in self.layer_ids else None

@@ -10,7 +10,7 @@ from palbert.activations import ACTIVATIONS
 from palbert.validate import Where, at_least, at_most, build, check, each, one_of, rules
 
 ModuleKind = Literal["pal", "low_rank", "adapter", "none"]
-KINDS: tuple[str, ...] = typing.get_args(ModuleKind)
+MODULE_KINDS: tuple[str, ...] = typing.get_args(ModuleKind)
 MAX_SIZE = 1 << 16  # widths beyond this are typos (and would exhaust memory), not configs
 
 
@@ -128,4 +128,4 @@ def default_size(kind: str, hidden_size: int) -> int:
     return 0
 
 
-__all__ = ["KINDS", "ModuleConfig", "ModuleKind", "Progressive", "default_size"]
+__all__ = ["MODULE_KINDS", "ModuleConfig", "ModuleKind", "Progressive", "default_size"]

@@ -6,8 +6,10 @@ Both backbones share transformers' layer structure, so one mechanism serves both
   activation checkpointing with the routing it was called with, so the recomputation in the
   backward pass sees the same tasks);
 - a forward pre-hook on ``layer.output``, called as ``output(FFN_inner, a)``, turns ``a`` into
-  ``a + TS(h)``, so the layer computes LN(FFN(a) + a + TS(h)) (PAL and low-rank);
-- forward hooks on the two output projections add the bottleneck adapters' terms.
+  ``a + TS(h)``, so the layer computes LN(FFN(a) + a + TS(h)) (:meth:`TaskModule.residual`:
+  PAL and low-rank);
+- forward hooks on the two output projections add :meth:`TaskModule.attention_bottleneck`
+  and :meth:`TaskModule.ffn_bottleneck` (the bottleneck adapters).
 
 A :class:`Route` says, for one forward, which task's module runs on which rows: one task for
 the whole batch, or ``task_ids`` (one index per example) for mixed batches. The route belongs
@@ -19,16 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from palbert.layers.module import TaskModule
 from palbert.masks import sdpa_padding_mask
 
 Rows = slice | torch.Tensor  # a contiguous run of rows (a view, no copy) or their indices
+# one place of a layer as a call on a task module: (module, rows' input, rows' mask) -> term
+Term = Callable[[TaskModule, torch.Tensor, torch.Tensor | None], torch.Tensor | None]
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Route:
     # ... or (task, rows, the rows' mask) per task; slices in batch order when every task's
     # rows are contiguous (as the trainer's mixed batches are), index tensors otherwise
     groups: list[tuple[str, Rows, torch.Tensor | None]] = field(default_factory=list)
+    # each task's rows as indices, in order of task id (what the heads of a mixed batch take)
+    index: dict[str, torch.Tensor] = field(default_factory=dict)
     # each layer's input, from the layer's start until its residual hook takes it: held no
     # longer, so in inference a layer's input is freed as soon as the bare layer frees it
     h: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -68,7 +75,7 @@ class Route:
         for name, idx, first, last in sorted(found, key=lambda g: g[2]):
             rows = slice(first, last + 1) if contiguous else idx
             groups.append((name, rows, None if mask is None else mask[rows]))
-        return cls(mask=mask, groups=groups)
+        return cls(mask=mask, groups=groups, index={name: idx for name, idx, _, _ in found})
 
     @property
     def contiguous(self) -> bool:
@@ -78,8 +85,8 @@ class Route:
 class Router:
     """Owns the hooks of one model; the route of each forward lives in that call's context."""
 
-    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
-        self.modules = modules  # task name -> PAL / LowRank / Adapter (absent: no module)
+    def __init__(self, modules: Mapping[str, TaskModule]) -> None:
+        self.modules = modules  # task name -> its TaskModule (absent: the task has none)
         self._local = threading.local()  # .route: the route of this thread's forward
         self.checkpointing = False
         self.handles: list = []
@@ -98,45 +105,47 @@ class Router:
         finally:
             self._local.route = previous
 
-    def _method(self, task: str, method: str):
-        module = self.modules[task] if task in self.modules else None
-        return getattr(module, method, None)
+    def module(self, task: str) -> TaskModule | None:
+        return self.modules[task] if task in self.modules else None
 
     def term(
-        self, method: str, layer: int, x: torch.Tensor, base: torch.Tensor, route: Route
+        self, fn: Term, x: torch.Tensor, base: torch.Tensor, route: Route
     ) -> torch.Tensor | None:
-        """``base`` plus the routed task modules' terms computed from ``x``, or None if no
-        module contributes (the caller then keeps ``base`` as it is)."""
+        """``base`` plus the routed task modules' terms ``fn`` computes from ``x``, or None if
+        no module contributes (the caller then keeps ``base`` as it is)."""
         if route.task is not None:
-            fn = self._method(route.task, method)
-            t = None if fn is None else fn(layer, x, route.mask)
+            module = self.module(route.task)
+            t = None if module is None else fn(module, x, route.mask)
             return None if t is None else base + t
         if route.contiguous:
             # every task's rows are one slice: views in, one concatenation out
             pieces, added = [], False
             for name, rows, mask in route.groups:
-                fn = self._method(name, method)
-                t = None if fn is None else fn(layer, x[rows], mask)
+                module = self.module(name)
+                t = None if module is None else fn(module, x[rows], mask)
                 added |= t is not None
                 pieces.append(base[rows] if t is None else base[rows] + t)
             return torch.cat(pieces) if added else None
         out = None
         for name, rows, mask in route.groups:
-            fn = self._method(name, method)
-            t = None if fn is None else fn(layer, x[rows], mask)
+            module = self.module(name)
+            t = None if module is None else fn(module, x[rows], mask)
             if t is not None:  # the first sum copies base; later ones add in place
                 out = base.index_add(0, rows, t) if out is None else out.index_add_(0, rows, t)
         return out
 
     def inject(self, layers: list[nn.Module]) -> None:
         for l, layer in enumerate(layers):
+            residual, attention, ffn = terms(l)
             self._wrap_forward(l, layer)
-            self.handles.append(layer.output.register_forward_pre_hook(self._residual_hook(l)))
-            for method, dense in (
-                ("attention_bottleneck", layer.attention.output.dense),
-                ("ffn_bottleneck", layer.output.dense),
+            self.handles.append(
+                layer.output.register_forward_pre_hook(self._residual_hook(l, residual))
+            )
+            for term, dense in (
+                (attention, layer.attention.output.dense),
+                (ffn, layer.output.dense),
             ):
-                self.handles.append(dense.register_forward_hook(self._adapter_hook(l, method)))
+                self.handles.append(dense.register_forward_hook(self._output_hook(term)))
 
     def _wrap_forward(self, l: int, layer: nn.Module) -> None:
         original = layer.forward
@@ -161,20 +170,30 @@ class Router:
 
         layer.forward = forward
 
-    def _residual_hook(self, l: int):
+    def _residual_hook(self, l: int, residual: Term):
         def hook(module, args):
             inner, a = args
             route = self.current
             if route is None or l not in route.h:
                 return None
-            a_ts = self.term("residual", l, route.h.pop(l), a, route)
+            a_ts = self.term(residual, route.h.pop(l), a, route)
             return None if a_ts is None else (inner, a_ts)
 
         return hook
 
-    def _adapter_hook(self, l: int, method: str):
+    def _output_hook(self, term: Term):
         def hook(module, args, out):
             route = self.current
-            return None if route is None else self.term(method, l, out, out, route)
+            return None if route is None else self.term(term, out, out, route)
 
         return hook
+
+
+def terms(l: int) -> tuple[Term, Term, Term]:
+    """Layer ``l``'s three places as calls on a task module: the residual (from the layer's
+    input h), after the attention output projection, after the feed-forward one."""
+    return (
+        lambda m, h, mask: m.residual(l, h, mask),
+        lambda m, x, mask: m.attention_bottleneck(l, x),
+        lambda m, x, mask: m.ffn_bottleneck(l, x),
+    )

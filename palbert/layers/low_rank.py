@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
-from torch import nn
 
 from palbert.activations import activation
 from palbert.layers.config import ModuleConfig
-from palbert.layers.pal import reset_parameters
+from palbert.layers.module import Projected
 
 
-class LowRank(nn.Module):
+class LowRank(Projected):
     """One task's low-rank residual terms; V^E/V^D per layer unless ``shared``.
 
     Parameters per layer (unshared): 2*H*r + r + H.
     """
 
-    def __init__(self, config: ModuleConfig, hidden_size: int, layers) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_ids = [int(i) for i in layers]
-        r, H = config.size, hidden_size
-        if config.shared:
-            self.V_E = nn.Linear(H, r)
-            self.V_D = nn.Linear(r, H)
-        else:
-            self.V_E = nn.ModuleDict({str(i): nn.Linear(H, r) for i in self.layer_ids})
-            self.V_D = nn.ModuleDict({str(i): nn.Linear(r, H) for i in self.layer_ids})
+    def __init__(self, config: ModuleConfig, hidden_size: int, layers: Iterable[int]) -> None:
+        super().__init__(config, hidden_size, layers)  # V^E: H -> r, V^D: r -> H
         self.act = activation(config.activation)
-        outputs = [self.V_D] if config.shared else list(self.V_D.values())
-        reset_parameters(self, config.init, outputs=outputs)
+        self.reset_parameters()
 
     def residual(
         self, layer: int, h: torch.Tensor, mask: torch.Tensor | None
@@ -37,6 +28,8 @@ class LowRank(nn.Module):
         """TS(h), or None outside the chosen layers."""
         if layer not in self.layer_ids:
             return None
-        V_E = self.V_E if self.config.shared else self.V_E[str(layer)]
-        V_D = self.V_D if self.config.shared else self.V_D[str(layer)]
+        V_E, V_D = self.projections(layer)
         return V_D(self.act(V_E(h)))
+
+
+__all__ = ["LowRank"]

@@ -12,12 +12,15 @@ d_pal x d_pal, the encoder's own padding mask and no output projection (V^D play
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from palbert.activations import activation
 from palbert.layers.config import ModuleConfig
+from palbert.layers.module import Projected
 from palbert.masks import sdpa_padding_mask
 
 
@@ -50,7 +53,7 @@ class LowDimAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, d)
 
 
-class PAL(nn.Module):
+class PAL(Projected):
     """One task's PALs for every injected layer.
 
     >>> pal = PAL(ModuleConfig(kind="pal").resolved(768), hidden_size=768, layers=range(12))
@@ -58,27 +61,15 @@ class PAL(nn.Module):
     1819836
     """
 
-    def __init__(self, config: ModuleConfig, hidden_size: int, layers) -> None:
-        super().__init__()
-        self.config = config
-        self.layer_ids = [int(i) for i in layers]
-        d, H = config.size, hidden_size
-        if config.shared:
-            self.V_E = nn.Linear(H, d)
-            self.V_D = nn.Linear(d, H)
-        else:
-            self.V_E = nn.ModuleDict({str(i): nn.Linear(H, d) for i in self.layer_ids})
-            self.V_D = nn.ModuleDict({str(i): nn.Linear(d, H) for i in self.layer_ids})
+    def __init__(self, config: ModuleConfig, hidden_size: int, layers: Iterable[int]) -> None:
+        super().__init__(config, hidden_size, layers)  # V^E, V^D
         self.attn = nn.ModuleDict(
-            {str(i): LowDimAttention(d, config.heads) for i in self.layer_ids}
+            {str(i): LowDimAttention(config.size, config.heads) for i in self.layer_ids}
         )
         self.act = activation(config.activation)
         # Progressive depth: layers whose PAL is switched on (all unless a schedule says so).
         self.active: set[int] = set(self.layer_ids)
-        reset_parameters(self, config.init, outputs=self._outputs())
-
-    def _outputs(self) -> list[nn.Linear]:
-        return [self.V_D] if self.config.shared else list(self.V_D.values())
+        self.reset_parameters()
 
     def set_progress(self, step: int, epoch: int) -> None:
         """Switch on the PALs of the top layers that the progressive schedule allows."""
@@ -95,19 +86,8 @@ class PAL(nn.Module):
         :meth:`LowDimAttention.forward`."""
         if layer not in self.active:
             return None
-        key = str(layer)
-        V_E = self.V_E if self.config.shared else self.V_E[key]
-        V_D = self.V_D if self.config.shared else self.V_D[key]
-        return self.act(V_D(self.attn[key](V_E(h), mask)))
+        V_E, V_D = self.projections(layer)
+        return self.act(V_D(self.attn[str(layer)](V_E(h), mask)))
 
 
-def reset_parameters(module: nn.Module, init: str, outputs: list[nn.Linear]) -> None:
-    """Weights from N(0, 0.02), biases zero; under init="zero" the output maps are zero too."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-    if init == "zero":
-        for m in outputs:
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+__all__ = ["PAL", "LowDimAttention"]

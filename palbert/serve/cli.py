@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from palbert.choices import IMPLS
 from palbert.serve.app import ServeConfig, compile_encoder, create_app
 from palbert.serve.batcher import BatchLimits
 
@@ -133,7 +134,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="task files, or a folder of them")
     p.add_argument("--backbone", help="encoder folder or name (default: as palbert eval finds it)")
-    p.add_argument("--impl", choices=["transformers", "minbert"], help="backbone implementation")
+    p.add_argument("--impl", choices=IMPLS, help="backbone implementation")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="load task files on other weights")
     p.add_argument("--host", default="127.0.0.1")

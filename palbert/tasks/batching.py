@@ -37,6 +37,9 @@ from palbert.files import atomic_write_with
 from palbert.tasks.readers import Example
 
 CACHE_VERSION = 1
+# key suffixes of a batch's sentences: input_ids holds the first, input_ids_b a bi-encoded
+# pair's second (encoded alone)
+SIDES = ("", "_b")
 
 
 @dataclass
@@ -118,7 +121,7 @@ class TokenizedSplit:
         batch: dict[str, Any] = self.a.pad(idx, self.pad_id)
         if self.b is not None:
             for k, v in self.b.pad(idx, self.pad_id).items():
-                batch[f"{k}_b"] = v
+                batch[k + SIDES[1]] = v
         if self.labels is not None:
             batch["labels"] = torch.from_numpy(self.labels[idx])
         batch["ids"] = [self.ids[i] for i in idx]
@@ -395,7 +398,7 @@ def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad
     width = max([width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)])
     task_ids, sides, labels = [], [], {}
     for task, b in parts:
-        for side, suffix in enumerate(("", "_b") if "input_ids_b" in b else ("",)):
+        for side, suffix in enumerate(SIDES if "input_ids_b" in b else SIDES[:1]):
             n, w = b["input_ids" + suffix].shape
             for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
                 t = b.get(key + suffix, torch.zeros_like(b["input_ids" + suffix]))

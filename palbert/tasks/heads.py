@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from palbert.activations import activation as make_activation
-from palbert.tasks.spec import HeadSpec
+from palbert.choices import check_choice
+from palbert.tasks.spec import POOLINGS, HeadSpec
 
 if TYPE_CHECKING:
     from palbert.encoded import Encoded
@@ -52,8 +53,7 @@ class Pooler(nn.Module):
 
     def __init__(self, pooling: str = "cls", k: int = 2, token_pooling: str = "mean") -> None:
         super().__init__()
-        if pooling not in ("cls", "mean", "last_k"):
-            raise ValueError(f"unknown pooling {pooling!r}")
+        check_choice("pooling", pooling, POOLINGS)
         self.pooling = pooling
         self.k = k
         self.token_pooling = token_pooling

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import csv
 import json
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from palbert.choices import check_choice
 from palbert.files import atomic_write_with, child
 
 CS224N_COLUMNS = {
@@ -33,7 +35,8 @@ CS224N_COLUMNS = {
     "sts": "Predicted_Similiarity",  # sic: the course's header
 }
 CS224N_PREFIX = {"quora": "para"}  # the course calls the Quora task "para"
-FORMATS = ("cs224n", "csv", "jsonl")
+OutputFormat = Literal["cs224n", "csv", "jsonl"]  # files of predictions
+OUTPUT_FORMATS: tuple[str, ...] = typing.get_args(OutputFormat)
 
 
 def decode(spec: Any, outputs: Any) -> dict[str, Any]:
@@ -117,8 +120,7 @@ def write_predictions(
     ``task.predict`` returned (``{"label", "probs"}`` or ``{"score"}``), or plain label ids /
     scores. ``path`` may be a folder: the file is then named by :func:`default_filename`.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    check_choice("fmt", fmt, OUTPUT_FORMATS)
     path = Path(path)
     if path.is_dir() or str(path).endswith(("/", "\\")):
         path = child(path, default_filename(task.name, split, fmt))

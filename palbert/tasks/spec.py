@@ -50,19 +50,21 @@ Pooling = Literal["cls", "mean", "last_k"]
 TokenPooling = Literal["cls", "mean"]
 BiFeature = Literal["u", "v", "|u-v|", "u*v"]
 CosineScale = Literal["relu", "affine"]
-Metric = Literal["accuracy", "f1", "f1_macro", "pearson", "spearman"]
+ClassificationMetric = Literal["accuracy", "f1", "f1_macro"]
+RegressionMetric = Literal["pearson", "spearman"]
+Metric = Literal[ClassificationMetric, RegressionMetric]
 
-KINDS = typing.get_args(Kind)
+TASK_KINDS = typing.get_args(Kind)
 ENCODINGS = typing.get_args(Encoding)
-FORMATS = typing.get_args(Format)
+INPUT_FORMATS = typing.get_args(Format)
 HEAD_TYPES = typing.get_args(HeadType)
 POOLINGS = typing.get_args(Pooling)
 TOKEN_POOLINGS = typing.get_args(TokenPooling)
 BI_FEATURES = typing.get_args(BiFeature)
 COSINE_SCALES = typing.get_args(CosineScale)
 METRICS = typing.get_args(Metric)
-CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro")
-REGRESSION_METRICS = ("pearson", "spearman")
+CLASSIFICATION_METRICS = typing.get_args(ClassificationMetric)
+REGRESSION_METRICS = typing.get_args(RegressionMetric)
 DEFAULT_MAX_LENGTH = 128  # tokens per input when neither the task nor the recipe sets one
 MAX_WIDTH = 1 << 16  # a head layer wider than this is a typo (and would exhaust memory)
 
@@ -270,11 +272,7 @@ class TaskSpec:
         base = d.pop("extends", name if name in BUILTIN_SPECS else None)
         if base is not None:
             if base not in BUILTIN_SPECS:
-                raise where.fail(
-                    ("extends",),
-                    f": {base!r} is not a built-in task ({', '.join(BUILTIN_SPECS)})"
-                    f"{_did_you_mean(base)}",
-                )
+                raise where.fail(("extends",), ": " + unknown_task(base, extends=True))
             merged = dict(BUILTIN_SPECS[base])
             for key, value in d.items():
                 if key in ("head", "files") and isinstance(value, dict):
@@ -416,6 +414,14 @@ def _dataset_mapping(d: Any) -> Any:
 def _did_you_mean(name: Any, what: str = "") -> str:
     close = difflib.get_close_matches(str(name), list(BUILTIN_SPECS), n=1)
     return f" (did you mean {what + ' ' if what else ''}{close[0]!r}?)" if close else ""
+
+
+def unknown_task(name: Any, extends: bool = False) -> str:
+    """The one wording of a name that is no built-in task (a recipe's task, ``build_task``,
+    a spec's ``extends``), with the closest built-in one and what to do instead."""
+    what = f"{name!r} is not a built-in task" if extends else f"unknown task {name!r}"
+    instead = "" if extends else "; define others as a mapping (name, kind, text, label, files)"
+    return f"{what}{_did_you_mean(name)}; built-in tasks are {', '.join(BUILTIN_SPECS)}{instead}"
 
 
 def _cs224n_files(prefix: str, test: bool = True) -> dict[str, str]:

@@ -15,7 +15,6 @@ without it (``palbert.tasks.readers`` and ``palbert.tasks.spec`` never import it
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import types
@@ -24,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from palbert.choices import ON_ERRORS, check_choice
 from palbert.files import child
 from palbert.tasks.errors import DataError, format_problems
 from palbert.tasks.paths import DATA_ENV, default_data_dir
@@ -37,7 +37,7 @@ from palbert.tasks.readers import (
     read_hf_dataset,
     read_records,
 )
-from palbert.tasks.spec import BUILTIN_SPECS, DEFAULT_MAX_LENGTH, TaskSpec
+from palbert.tasks.spec import BUILTIN_SPECS, DEFAULT_MAX_LENGTH, TaskSpec, unknown_task
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("palbert.tasks")
 
 DEFAULT_BATCH_SIZE = 32
-ON_ERROR = ("raise", "skip")
 
 
 class DataWarning(UserWarning):
@@ -251,16 +250,11 @@ class Task:
             module=__name__,
         )
 
-    @staticmethod
-    def _check_on_error(on_error: str) -> None:
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-
     def read(self, split: str, on_error: str = "raise") -> list[Example]:
         """The checked rows of ``split``. Strict by default: any bad row raises
         :class:`DataError` listing every bad row (file:line reason, the first 20 shown).
         ``on_error="skip"`` drops them, records them in ``task.skipped`` and warns."""
-        self._check_on_error(on_error)
+        check_choice("on_error", on_error, ON_ERRORS)
         result = self._parse(split)
         self._report(split, result.problems, on_error)
         return result.examples
@@ -288,7 +282,7 @@ class Task:
         and rules, ``max_length`` and everything in the spec that changes the rows."""
         import palbert.tasks.batching as B
 
-        self._check_on_error(on_error)
+        check_choice("on_error", on_error, ON_ERRORS)
         max_length = self._max_length(max_length, tokenizer)
         tok_key = B.tokenizer_fingerprint(tokenizer)
         mem_key = (split, tok_key, max_length)
@@ -469,12 +463,7 @@ def build_task(
         s = spec
     elif isinstance(spec, str):
         if spec not in BUILTIN_TASKS:
-            close = difflib.get_close_matches(spec, list(BUILTIN_TASKS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(
-                f"unknown task {spec!r}{hint}: built-in tasks are {', '.join(BUILTIN_TASKS)}; "
-                "define others as a mapping (name, kind, text, label, files)"
-            )
+            raise DataError(unknown_task(spec))
         s = BUILTIN_TASKS[spec]
     elif isinstance(spec, Mapping):
         s = TaskSpec.from_dict(dict(spec))

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from palbert.choices import DECAYS
 from palbert.inference import autocast, resolve_precision
 from palbert.tasks.batching import merge_batches
 from palbert.training.pcgrad import pcgrad
@@ -135,7 +136,7 @@ def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
         return max(0.0, 1.0 - progress)
     if decay == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"schedule decay must be linear, cosine or constant, not {decay!r}")
+    raise ValueError(f"schedule decay must be one of {', '.join(DECAYS)}, not {decay!r}")
 
 
 def rows(batch: dict[str, Any]) -> int:

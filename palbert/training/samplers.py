@@ -51,11 +51,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from palbert.choices import EPOCH_POLICIES, SAMPLER_KINDS, SAMPLER_PERS, check_choice
+
 if TYPE_CHECKING:  # the recipe's section, read by attribute: no torch import here
     from palbert.recipe import SamplerSection
-
-KINDS = ("round_robin", "uniform", "proportional", "sqrt", "annealed", "temperature")
-POLICIES = ("sum", "min", "max", "fixed")
 
 
 def annealed_alpha(epoch: int, epochs: int) -> float:
@@ -78,8 +77,7 @@ def probabilities(
 
     Round-robin returns each task's share of the draws (1/T).
     """
-    if kind not in KINDS:
-        raise ValueError(f"sampler kind must be one of {KINDS}, not {kind!r}")
+    check_choice("sampler kind", kind, SAMPLER_KINDS)
     n = np.asarray(sizes, dtype=np.float64)
     if n.ndim != 1 or len(n) == 0 or (n <= 0).any():
         raise ValueError(f"task sizes must be positive batch counts, not {sizes!r}")
@@ -103,8 +101,7 @@ def draws_per_epoch(
     sizes: list[int], policy: str = "sum", steps_per_epoch: int | None = None, grad_accum: int = 1
 ) -> int:
     """D, the micro-batch draws of one epoch (a positive multiple of ``grad_accum``)."""
-    if policy not in POLICIES:
-        raise ValueError(f"epoch policy must be one of {POLICIES}, not {policy!r}")
+    check_choice("epoch policy", policy, EPOCH_POLICIES)
     t = len(sizes)
     if policy == "sum":
         d = sum(sizes)
@@ -136,8 +133,7 @@ class TaskSampler:
         epochs: int = 1,
         grad_accum: int = 1,
     ) -> None:
-        if config.per not in ("step", "micro_batch"):
-            raise ValueError(f"per must be 'step' or 'micro_batch', not {config.per!r}")
+        check_choice("sampler per", config.per, SAMPLER_PERS)
         kind, alpha, temperature = config.kind, config.alpha, config.temperature
         probabilities(kind, sizes, 1, max(epochs, 1), alpha, temperature)  # validates
         if grad_accum < 1:
@@ -232,8 +228,6 @@ def expected_epochs(max_steps: int, steps_per_epoch: int) -> int:
 
 
 __all__ = [
-    "KINDS",
-    "POLICIES",
     "TaskSampler",
     "annealed_alpha",
     "draws_per_epoch",
