@@ -41,7 +41,7 @@ from palbert import PalBert, load_backbone
 from palbert.layers import ModuleConfig
 from palbert.recipe import Recipe, RecipeError, load_recipe, resolve_data_dir
 from palbert.tasks import build_task
-from palbert.training.run import global_batches, run_sampler
+from palbert.training.prepare import global_batches, run_sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"

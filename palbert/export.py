@@ -14,7 +14,7 @@ fine-tuned its encoder work only on that encoder, so ``--task`` writes it as wel
 (``OUT/backbone/``), and eval/predict of task files find it there.
 
 RUN_DIR defaults to the newest complete run (one with a ``COMPLETE`` file) under
-``checkpoints/``. A run folder is read by :func:`palbert.training.run.load_run`; its
+``checkpoints/``. A run folder is read by :func:`palbert.training.runfolder.load_run`; its
 ``best.safetensors`` holds ``backbone.*`` keys only when the run trained the encoder.
 
 This module is the commands' glue: task files are written and read by
@@ -45,7 +45,7 @@ from palbert.integrity import IntegrityError, metadata, read_header, write_seale
 from palbert.model import PalBert
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
-from palbert.training.run import load_run
+from palbert.training.runfolder import load_run
 
 DEFAULT_CHECKPOINTS = "checkpoints"
 _STAMP = re.compile(r"-(\d{8}-\d{6})$")

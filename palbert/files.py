@@ -10,7 +10,7 @@ itself survives a power cut::
 
 Weights files go through :func:`palbert.integrity.write_sealed`, which writes this way too.
 A run folder's temporaries (``.*.tmp``) left by a killed process are removed when the run
-resumes (``palbert.training.run.clean_leftovers``).
+resumes (``palbert.training.runfolder.clean_leftovers``).
 """
 
 from __future__ import annotations

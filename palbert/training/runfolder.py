@@ -1,0 +1,168 @@
+"""The run folder: its layout and name, its lock, what a killed run leaves in it, finding a
+run to resume, and reading a run back (:func:`load_run`).
+
+A run folder, ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>/`` (``-2``, ``-3`` ... appended when
+two runs of one name start in the same second)::
+
+    recipe.yaml        the resolved recipe (every default filled in, tasks spelled out)
+    last/              resume checkpoint: weights.safetensors, state.safetensors, state.json
+    best.safetensors   PalBert state dict at the best dev score: every task_modules.* and
+                       heads.* key, plus backbone.* when the backbone was trained
+    metrics.jsonl      one JSON object per line: {"type": "train"|"eval"|"error", "step", ...}
+    summary.json       final and best dev scores per task, steps, time
+    tb/                TensorBoard event files
+    COMPLETE           empty, written last when the run finished
+    lock               the process id of the process training the run (locked while it does)
+
+Every ``.safetensors`` file of the folder carries a hash in its header, checked whenever it
+is read (:mod:`palbert.integrity`): a damaged file is refused, never loaded.
+
+best.safetensors' metadata and last/state.json record the position of the progressive PAL
+schedule (:func:`palbert.training.checkpoint.progress_record`); :func:`load_run` restores it
+with ``model.set_progress``.
+
+::
+
+    model, tasks, recipe = load_run("checkpoints/quickstart-20260101-120000")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from palbert.files import TMP_SUFFIX
+from palbert.integrity import read_sealed
+from palbert.model import PalBert
+from palbert.recipe import Recipe, RecipeError, load_recipe
+from palbert.training.checkpoint import (
+    PROGRESS_KEYS,
+    checkpoint_dir,
+    read_state,
+    recorded_progress,
+)
+from palbert.training.prepare import build_model, build_tasks
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    root = Path(recipe.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / f"{recipe.name}-{stamp}"
+    n = 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = root / f"{recipe.name}-{stamp}-{n}"
+
+
+def hold(run_dir: Path) -> IO[str] | None:
+    """Lock the run folder for this process (an advisory ``flock`` on ``run_dir/lock``, let go
+    when the process ends, even by ``kill -9``), so that a second writer is refused with the
+    process id of the first. None where the system has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fh = open(run_dir / "lock", "a+", encoding="utf-8")  # noqa: SIM115 (held until the end)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise RecipeError(
+            f"{run_dir} is being trained by process {holder}; wait for it or stop it first"
+        ) from None
+    # the lock file itself, not a renamed copy, so written in place: it holds only the pid
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove the temporary files and folders that a killed run left behind (the swap's
+    ``.last.tmp-*``, the atomic writes' ``.*.tmp``), and ``.last.old`` once ``last/`` holds a
+    checkpoint (until then it is the last good one)."""
+    for path in run_dir.glob(".*"):
+        stale_old = path.name == ".last.old" and checkpoint_dir(run_dir / "last") != path
+        if path.is_dir() and (path.name.startswith(".last.tmp-") or stale_old):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(TMP_SUFFIX):
+            path.unlink(missing_ok=True)
+
+
+def find_resumable(recipe: Recipe) -> Path:
+    """The newest unfinished run of this recipe's name that has a checkpoint."""
+    root = Path(recipe.output_dir)
+    runs = sorted(root.glob(f"{recipe.name}-*"), key=lambda p: p.name, reverse=True)
+    for run in runs:
+        if run.is_dir() and not (run / "COMPLETE").exists() and checkpoint_dir(run / "last"):
+            return run
+    raise RecipeError(f"no unfinished run of {recipe.name!r} with a checkpoint under {root}")
+
+
+def to_resume(recipe: Recipe, resume: str | Path | bool | None) -> Path | None:
+    """The run folder that ``resume`` names, if it can be resumed (None: a new run)."""
+    if not resume:
+        return None
+    run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
+    if not checkpoint_dir(run_dir / "last"):
+        raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
+    if (run_dir / "COMPLETE").exists():
+        raise RecipeError(f"{run_dir} is complete (it has COMPLETE); there is nothing to resume")
+    return run_dir
+
+
+# -- reading a run back -------------------------------------------------------------------
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[str, Any], Recipe]:
+    """Rebuild a run's model from its recipe.yaml and load its weights (safetensors only).
+
+    ``which``: "best" (best.safetensors) or "last" (the resume checkpoint's weights).
+    Returns (model in eval mode, tasks by name, recipe); the model holds every task's spec,
+    so it can predict::
+
+        model, tasks, recipe = load_run("checkpoints/quickstart-20260101-120000")
+        model.predict("sst", ["a gripping film"])
+    """
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    data_dir = Path(recipe.data_dir) if recipe.data_dir else None
+    tasks = build_tasks(recipe, data_dir)
+    model = build_model(recipe, tasks)
+    if which == "best":
+        path = run_dir / "best.safetensors"
+    elif which == "last":
+        path = (checkpoint_dir(run_dir / "last") or run_dir / "last") / "weights.safetensors"
+    else:
+        raise ValueError(f"which must be 'best' or 'last', not {which!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    weights, meta = read_sealed(path)  # IntegrityError (a ValueError) naming a damaged file
+    _, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"{path} has weights the model lacks: {unexpected[:5]}")
+    record = meta if which == "best" else read_state(path.parent)
+    progress = recorded_progress(record)
+    if progress is not None:
+        model.set_progress(*progress)
+    elif any(c.progressive is not None for c in model.task_configs.values()):
+        raise ValueError(
+            f"{path}: the run has a progressive PAL schedule but the file does not record its "
+            f"position ({', '.join(PROGRESS_KEYS)}); it was written by an older palbert"
+        )
+    model.eval()
+    return model, tasks, recipe
+
+
+__all__ = ["clean_leftovers", "find_resumable", "hold", "load_run", "new_run_dir", "to_resume"]
