@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,12 +42,10 @@ from palbert.files import child
 from palbert.inference import evaluate, run_split
 from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
 from palbert.model import PalBert
+from palbert.recipe import DEFAULT_OUTPUT_DIR
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
-from palbert.training.runfolder import load_run
-
-DEFAULT_CHECKPOINTS = "checkpoints"
-_STAMP = re.compile(r"-(\d{8}-\d{6})$")
+from palbert.training.runfolder import RunFolderError, is_run_dir, load_run, newest_run
 
 
 class ExportError(RuntimeError):
@@ -56,40 +53,6 @@ class ExportError(RuntimeError):
 
 
 # -- run folders --------------------------------------------------------------------------
-
-
-def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "best.safetensors").is_file()
-
-
-def complete_runs(root: str | Path = DEFAULT_CHECKPOINTS) -> list[Path]:
-    """Complete run folders under ``root``, oldest first (by the timestamp in their name,
-    then by when they completed)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if p.is_dir() and (p / "COMPLETE").is_file()]
-
-    def when(p: Path) -> tuple[str, float]:
-        m = _STAMP.search(p.name)
-        return (m.group(1) if m else "", (p / "COMPLETE").stat().st_mtime)
-
-    return sorted(runs, key=when)
-
-
-def newest_run(root: str | Path = DEFAULT_CHECKPOINTS) -> Path:
-    """The newest complete run under ``root``; an error that says what exists otherwise."""
-    runs = complete_runs(root)
-    if not runs:
-        root = Path(root)
-        partial = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        extra = f" (incomplete: {', '.join(partial)})" if partial else ""
-        raise ExportError(
-            f"no complete run under {root}/{extra}; train one with `palbert train RECIPE` or "
-            "name a run folder"
-        )
-    return runs[-1]
 
 
 def trained_backbone(run_dir: str | Path) -> bool:
@@ -207,7 +170,7 @@ def open_models(
     paths: list[str],
     backbone: str | None = None,
     impl: str | None = None,
-    checkpoints: str = DEFAULT_CHECKPOINTS,
+    checkpoints: str = DEFAULT_OUTPUT_DIR,
     data_dir: str | None = None,
     force: bool = False,
     say: Callable[[str], None] = print,
@@ -298,7 +261,14 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (ExportError, TaskFileError, IntegrityError, DataError, KeyError) as e:
+        except (
+            ExportError,
+            RunFolderError,
+            TaskFileError,
+            IntegrityError,
+            DataError,
+            KeyError,
+        ) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"palbert {args.command}: error: {msg}", file=sys.stderr)
             return 2
@@ -405,7 +375,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="load task files on other weights")
-    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
+    p.add_argument("--checkpoints", default=DEFAULT_OUTPUT_DIR, help="where runs are found")
 
 
 def add_commands(sub: Any) -> None:
@@ -428,7 +398,7 @@ def add_commands(sub: Any) -> None:
         help="write the run's fine-tuned encoder as a transformers folder (OUT/backbone); "
         "--task does it too when the run trained its encoder",
     )
-    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
+    p.add_argument("--checkpoints", default=DEFAULT_OUTPUT_DIR, help="where runs are found")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="dev metrics of a run or of exported task files")

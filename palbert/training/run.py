@@ -48,7 +48,14 @@ from palbert.training.prepare import (
     restore,
     seed_everything,
 )
-from palbert.training.runfolder import clean_leftovers, hold, load_run, new_run_dir, to_resume
+from palbert.training.runfolder import (
+    clean_leftovers,
+    hold,
+    load_run,
+    mark_complete,
+    new_run_dir,
+    to_resume,
+)
 from palbert.training.runlog import RunLog, json_safe
 
 
@@ -325,7 +332,7 @@ def _finish(run: Run, session_seconds: float) -> None:
     if trainer.device.type == "cuda":
         summary["peak_cuda_memory"] = torch.cuda.max_memory_allocated(trainer.device)
     atomic_write_text(run.dir / "summary.json", json.dumps(json_safe(summary), indent=1))
-    atomic_write_text(run.dir / "COMPLETE", "")
+    mark_complete(run.dir)
 
 
 __all__ = ["TrainingInterrupted", "dev_scores", "load_run", "train"]

@@ -29,15 +29,16 @@ with ``model.set_progress``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from palbert.files import TMP_SUFFIX
+from palbert.files import TMP_SUFFIX, atomic_write_text
 from palbert.integrity import read_sealed
 from palbert.model import PalBert
-from palbert.recipe import Recipe, RecipeError, load_recipe
+from palbert.recipe import DEFAULT_OUTPUT_DIR, Recipe, load_recipe
 from palbert.training.checkpoint import (
     PROGRESS_KEYS,
     checkpoint_dir,
@@ -46,11 +47,25 @@ from palbert.training.checkpoint import (
 )
 from palbert.training.prepare import build_model, build_tasks
 
+STAMP = "%Y%m%d-%H%M%S"  # the time in a run folder's name, as strftime writes it
+# <name>-<STAMP>[-n], the name new_run_dir gives (n: the n-th run of a name in one second)
+_FOLDER_NAME = re.compile(r"^(?P<name>.*)-(?P<stamp>\d{8}-\d{6})(?:-(?P<n>\d+))?$")
+
+
+class RunFolderError(ValueError):
+    """No run folder to use (none complete, none to resume, one being trained); the message
+    says what exists and what to do."""
+
+
+# -- naming and finding ---------------------------------------------------------------------
+
 
 def new_run_dir(recipe: Recipe) -> Path:
+    """A new, empty run folder ``<output_dir>/<name>-<STAMP>`` (``-2``, ``-3`` ... when a run
+    of that name already started in the same second)."""
     root = Path(recipe.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime(STAMP)
     path = root / f"{recipe.name}-{stamp}"
     n = 1
     while True:
@@ -60,6 +75,86 @@ def new_run_dir(recipe: Recipe) -> Path:
         except FileExistsError:
             n += 1
             path = root / f"{recipe.name}-{stamp}-{n}"
+
+
+def _order(run_dir: Path) -> tuple[str, int]:
+    """Where a run folder sorts among others, oldest first: by the time in its name, then by
+    its ``-n``; a folder not named by :func:`new_run_dir` sorts first."""
+    m = _FOLDER_NAME.match(run_dir.name)
+    return (m["stamp"], int(m["n"] or 1)) if m else ("", 0)
+
+
+def _recipe_name(run_dir: Path) -> str | None:
+    m = _FOLDER_NAME.match(run_dir.name)
+    return m["name"] if m else None
+
+
+def _folders(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether the run finished: ``COMPLETE`` is written last, after summary.json."""
+    return (run_dir / "COMPLETE").is_file()
+
+
+def mark_complete(run_dir: Path) -> None:
+    atomic_write_text(run_dir / "COMPLETE", "")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder that can be read back (it has best.safetensors)."""
+    p = Path(path)
+    return p.is_dir() and (p / "best.safetensors").is_file()
+
+
+def complete_runs(root: str | Path = DEFAULT_OUTPUT_DIR) -> list[Path]:
+    """Complete run folders under ``root``, oldest first (by the time in their name, then by
+    when they completed)."""
+    runs = [p for p in _folders(Path(root)) if is_complete(p)]
+    return sorted(runs, key=lambda p: (*_order(p), (p / "COMPLETE").stat().st_mtime))
+
+
+def newest_run(root: str | Path = DEFAULT_OUTPUT_DIR) -> Path:
+    """The newest complete run under ``root``; an error that says what exists otherwise."""
+    runs = complete_runs(root)
+    if not runs:
+        root = Path(root)
+        partial = sorted(p.name for p in _folders(root))
+        extra = f" (incomplete: {', '.join(partial)})" if partial else ""
+        raise RunFolderError(
+            f"no complete run under {root}/{extra}; train one with `palbert train RECIPE` or "
+            "name a run folder"
+        )
+    return runs[-1]
+
+
+def find_resumable(recipe: Recipe) -> Path:
+    """The newest unfinished run of this recipe's name that has a checkpoint."""
+    root = Path(recipe.output_dir)
+    runs = [
+        p
+        for p in _folders(root)
+        if _recipe_name(p) == recipe.name and not is_complete(p) and checkpoint_dir(p / "last")
+    ]
+    if not runs:
+        raise RunFolderError(f"no unfinished run of {recipe.name!r} with a checkpoint under {root}")
+    return max(runs, key=_order)
+
+
+def to_resume(recipe: Recipe, resume: str | Path | bool | None) -> Path | None:
+    """The run folder that ``resume`` names, if it can be resumed (None: a new run)."""
+    if not resume:
+        return None
+    run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
+    if not checkpoint_dir(run_dir / "last"):
+        raise RunFolderError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
+    if is_complete(run_dir):
+        raise RunFolderError(f"{run_dir} is complete (it has COMPLETE); there is nothing to resume")
+    return run_dir
+
+
+# -- while a run trains ---------------------------------------------------------------------
 
 
 def hold(run_dir: Path) -> IO[str] | None:
@@ -77,7 +172,7 @@ def hold(run_dir: Path) -> IO[str] | None:
         fh.seek(0)
         holder = fh.read().strip() or "?"
         fh.close()
-        raise RecipeError(
+        raise RunFolderError(
             f"{run_dir} is being trained by process {holder}; wait for it or stop it first"
         ) from None
     # the lock file itself, not a renamed copy, so written in place: it holds only the pid
@@ -98,28 +193,6 @@ def clean_leftovers(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.is_file() and path.name.endswith(TMP_SUFFIX):
             path.unlink(missing_ok=True)
-
-
-def find_resumable(recipe: Recipe) -> Path:
-    """The newest unfinished run of this recipe's name that has a checkpoint."""
-    root = Path(recipe.output_dir)
-    runs = sorted(root.glob(f"{recipe.name}-*"), key=lambda p: p.name, reverse=True)
-    for run in runs:
-        if run.is_dir() and not (run / "COMPLETE").exists() and checkpoint_dir(run / "last"):
-            return run
-    raise RecipeError(f"no unfinished run of {recipe.name!r} with a checkpoint under {root}")
-
-
-def to_resume(recipe: Recipe, resume: str | Path | bool | None) -> Path | None:
-    """The run folder that ``resume`` names, if it can be resumed (None: a new run)."""
-    if not resume:
-        return None
-    run_dir = Path(resume) if not isinstance(resume, bool) else find_resumable(recipe)
-    if not checkpoint_dir(run_dir / "last"):
-        raise RecipeError(f"{run_dir} has no checkpoint to resume from (last/ is missing)")
-    if (run_dir / "COMPLETE").exists():
-        raise RecipeError(f"{run_dir} is complete (it has COMPLETE); there is nothing to resume")
-    return run_dir
 
 
 # -- reading a run back -------------------------------------------------------------------
@@ -165,4 +238,18 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[st
     return model, tasks, recipe
 
 
-__all__ = ["clean_leftovers", "find_resumable", "hold", "load_run", "new_run_dir", "to_resume"]
+__all__ = [
+    "STAMP",
+    "RunFolderError",
+    "clean_leftovers",
+    "complete_runs",
+    "find_resumable",
+    "hold",
+    "is_complete",
+    "is_run_dir",
+    "load_run",
+    "mark_complete",
+    "new_run_dir",
+    "newest_run",
+    "to_resume",
+]
