@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from palbert.devices import DeviceError, parse_device
 from palbert.files import child
 from palbert.inference import evaluate, run_split
 from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
@@ -229,21 +230,6 @@ def model_for_files(
     return PalBert.from_pretrained(backbone, impl=impl or first.get("impl", "transformers"))
 
 
-def _device(name: str | None) -> torch.device:
-    """``--device``: cpu, cuda, cuda:N (default: cuda where there is one)."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ExportError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ExportError(f"--device {name}: palbert runs on cpu or cuda")
-    return device
-
-
 def _input_task(task, path: Path, fmt: str):
     """The task reading a user's file as its unlabelled "test" split."""
     d = task.to_dict()
@@ -263,6 +249,7 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
             return fn(args)
         except (
             ExportError,
+            DeviceError,
             RunFolderError,
             TaskFileError,
             IntegrityError,
@@ -330,7 +317,7 @@ def _open(args: argparse.Namespace):
 
 @_errors
 def _eval(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = parse_device(args.device, "--device")
     model, tasks = _open(args)
     results = {}
     for name, task in tasks.items():
@@ -344,7 +331,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 @_errors
 def _predict(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = parse_device(args.device, "--device")
     model, tasks = _open(args)
     if args.input is not None and len(tasks) != 1:
         raise ExportError(f"--input goes to one task: add --task (one of {list(tasks)})")

@@ -42,7 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from palbert.export import _device, model_for_files, task_files
+    from palbert.devices import parse_device
+    from palbert.export import model_for_files, task_files
 
     files = task_files(args.paths)
     missing = [f for f in files if not f.is_file()]
@@ -51,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     model = model_for_files(files, args.backbone, args.impl, say=_say)
     for f in files:
         model.load_task(f, force=args.force)  # a misfit is refused here, naming the file
-    model.to(_device(args.device))
+    model.to(parse_device(args.device, "--device"))
     if args.compile:
         model.backbone.forward = torch.compile(model.backbone.forward, dynamic=True)
     config = ServeConfig(

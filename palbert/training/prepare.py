@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from palbert.devices import parse_device
 from palbert.inference import resolve_precision
 from palbert.model import PalBert
 from palbert.recipe import Recipe, RecipeError, resolve_data_dir
@@ -39,19 +40,7 @@ def init_distributed(device_pref: str = "auto") -> tuple[int, int, torch.device]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if device_pref == "auto":
-        device_pref = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device_pref)
-    except RuntimeError:
-        raise RecipeError(
-            f"train.device {device_pref!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(
-            f"train.device {device_pref!r}: no CUDA device is available here; "
-            "use train.device=auto or cpu"
-        )
+    device = parse_device(device_pref, "train.device")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local % torch.cuda.device_count())
     if device.type == "cuda":
