@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from palbert.files import atomic_write_text
 from palbert.inference import evaluate
@@ -159,12 +160,10 @@ def _announce(run: Run, device: torch.device) -> None:
 
 def _loop(run: Run, progress: bool, stop_at_step: int | None) -> None:
     """Optimizer steps until the run's length, logging, evaluating and checkpointing."""
-    from tqdm import tqdm
-
     recipe, model, trainer = run.recipe, run.model, run.trainer
     sampler, state = run.sampler, run.state
     t, total, names = recipe.train, trainer.total, model.tasks
-    bar = tqdm(
+    bar = _TrainingBar(
         total=total,
         initial=trainer.step_count,
         disable=not (run.main and progress),
@@ -271,13 +270,30 @@ class _Meter:
         return rec
 
 
-def _leave_out(bar: Any, meter: _Meter, seconds: float) -> None:
+class _TrainingBar(tqdm):
+    """The progress bar, its elapsed time and rate counting training steps only.
+
+    tqdm has no public way to pause its clock; its documented way to change what the bar
+    shows is overriding ``format_dict`` (its README's ``TqdmExtraFormat``), so the seconds
+    spent outside training steps are taken off there. The rate is then the mean over the
+    training time: tqdm's smoothed rate would count each pause in the interval around it.
+    """
+
+    paused = 0.0  # seconds spent outside training steps (evaluation, checkpoints)
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        d = super().format_dict
+        d["elapsed"] = max(0.0, d["elapsed"] - self.paused)
+        d["rate"] = None  # tqdm then shows (n - initial) / elapsed
+        return d
+
+
+def _leave_out(bar: _TrainingBar, meter: _Meter, seconds: float) -> None:
     """Leave ``seconds`` spent outside training steps out of the bar's rate and elapsed time
     and out of the logged examples_per_s."""
     meter.start += seconds
-    if not bar.disable:
-        bar.start_t += seconds
-        bar.last_print_t += seconds
+    bar.paused += seconds
 
 
 def dev_scores(run: Run) -> dict[str, dict[str, float]]:
