@@ -335,8 +335,8 @@ def test_nothing_non_finite_is_saved(
             next(p for p in self.params if p.grad is not None).grad.fill_(float("nan"))
         return out
 
-    def poisoned_apply(self):
-        res = apply(self)
+    def poisoned_apply(self, done):
+        res = apply(self, done)
         if fault == "weight" and self.step_count == 3:
             self.params[-1].data.fill_(float("inf"))
         return res
