@@ -536,7 +536,7 @@ def selection_score(
     correlation, so one such task does not hide the others' progress from model selection.
     """
     if metric == "mean":
-        vals = [scores[t][tasks[t].primary_metric] for t in scores]
+        vals = [scores[t][tasks[t].spec.primary_metric] for t in scores]
         vals = [0.0 if v != v else v for v in vals]  # v != v: NaN
         return float(sum(vals) / len(vals))
     task, name = metric.split(".", 1)

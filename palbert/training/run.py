@@ -326,7 +326,7 @@ def _evaluate(run: Run, step: int) -> str:
         meta |= progress_record(state.progress) | {FORMAT_KEY: FORMAT}
         meta = {k: str(v) for k, v in meta.items()}
         write_sealed(run.dir / "best.safetensors", saved_weights(run.model), meta)
-    primary = " ".join(f"{n} {s[run.tasks[n].primary_metric]:.3f}" for n, s in scores.items())
+    primary = " ".join(f"{n} {s[run.tasks[n].spec.primary_metric]:.3f}" for n, s in scores.items())
     best = f"best {state.best['score']:.4f} at {state.best['step']}"
     return f"step {step}: dev {primary} | score {score:.4f} ({best})"
 
