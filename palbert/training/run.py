@@ -31,14 +31,10 @@ from tqdm import tqdm
 
 from palbert.files import atomic_write_text
 from palbert.inference import evaluate
-from palbert.integrity import write_sealed
 from palbert.recipe import Recipe, dump_recipe, load_recipe
 from palbert.training.checkpoint import (
-    FORMAT,
-    FORMAT_KEY,
     progress_record,
     save_checkpoint,
-    saved_weights,
 )
 from palbert.training.loop import NonFinite, Trainer, selection_score
 from palbert.training.prepare import (
@@ -55,6 +51,7 @@ from palbert.training.runfolder import (
     load_run,
     mark_complete,
     new_run_dir,
+    save_best,
     to_resume,
 )
 from palbert.training.runlog import RunLog, json_safe
@@ -322,10 +319,8 @@ def _evaluate(run: Run, step: int) -> str:
     run.log.write({"type": "eval", "step": step, "epoch": epoch, "scores": scores, "score": score})
     if state.best is None or score > state.best["score"]:
         state.best = dict(state.final)
-        meta = {"step": step, "epoch": sampler.epoch, "score": score, "format": "palbert-run"}
-        meta |= progress_record(state.progress) | {FORMAT_KEY: FORMAT}
-        meta = {k: str(v) for k, v in meta.items()}
-        write_sealed(run.dir / "best.safetensors", saved_weights(run.model), meta)
+        record = {"step": step, "epoch": sampler.epoch, "score": score}
+        save_best(run.dir, run.model, record | progress_record(state.progress))
     primary = " ".join(f"{n} {s[run.tasks[n].spec.primary_metric]:.3f}" for n, s in scores.items())
     best = f"best {state.best['score']:.4f} at {state.best['step']}"
     return f"step {step}: dev {primary} | score {score:.4f} ({best})"

@@ -36,14 +36,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from palbert.files import TMP_SUFFIX, atomic_write_text
-from palbert.integrity import read_sealed
+from palbert.integrity import read_sealed, write_sealed
 from palbert.model import PalBert
 from palbert.recipe import DEFAULT_OUTPUT_DIR, Recipe, load_recipe
 from palbert.training.checkpoint import (
+    FORMAT,
+    FORMAT_KEY,
     PROGRESS_KEYS,
     checkpoint_dir,
     read_state,
     recorded_progress,
+    saved_weights,
 )
 from palbert.training.prepare import build_model, build_tasks
 
@@ -195,6 +198,15 @@ def clean_leftovers(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def save_best(run_dir: Path, model: PalBert, record: dict[str, Any]) -> None:
+    """Write ``best.safetensors``: the weights a checkpoint keeps, ``record`` (step, epoch,
+    score, the progressive schedule's position) in its metadata, as :func:`load_run` reads
+    them."""
+    meta = {**record, "format": "palbert-run", FORMAT_KEY: FORMAT}
+    meta = {k: str(v) for k, v in meta.items()}
+    write_sealed(run_dir / "best.safetensors", saved_weights(model), meta)
+
+
 # -- reading a run back -------------------------------------------------------------------
 
 
@@ -251,5 +263,6 @@ __all__ = [
     "mark_complete",
     "new_run_dir",
     "newest_run",
+    "save_best",
     "to_resume",
 ]
