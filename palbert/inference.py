@@ -171,6 +171,31 @@ def evaluate(
     return scores
 
 
+class InputError(ValueError):
+    """An input that does not fit its task: ``index`` is its position, ``reason`` says why."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"input {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
+def check_input(spec: Any, x: Any, index: int) -> tuple[str, str | None]:
+    """``(text_a, text_b)`` of one input of a task, or :class:`InputError`: a sentence (str)
+    for single-sentence tasks, a pair of strings for pair tasks. The one check of what
+    :func:`predict` and ``palbert serve`` accept."""
+    if isinstance(x, str):
+        a, b = x, None
+    elif isinstance(x, Sequence) and len(x) == 2 and all(isinstance(s, str) for s in x):
+        a, b = x
+    else:
+        raise InputError(index, f"expected a string or a pair of strings, not {x!r}")
+    if bool(spec.pair) != (b is not None):
+        want = "sentence pairs" if spec.pair else "single sentences"
+        got = "one string" if b is None else "a pair"
+        raise InputError(index, f"task {spec.name!r} takes {want}; this input is {got}")
+    return a, b
+
+
 def _examples(spec: Any, inputs: Iterable[str | Sequence[str]]) -> list[Example]:
     if isinstance(inputs, (str, bytes)):
         raise TypeError(
@@ -179,16 +204,7 @@ def _examples(spec: Any, inputs: Iterable[str | Sequence[str]]) -> list[Example]
         )
     out = []
     for i, x in enumerate(inputs):
-        if isinstance(x, str):
-            a, b = x, None
-        elif isinstance(x, Sequence) and len(x) == 2 and all(isinstance(s, str) for s in x):
-            a, b = x
-        else:
-            raise ValueError(f"input {i}: expected a string or a pair of strings, not {x!r}")
-        if spec.pair and b is None:
-            raise ValueError(f"task {spec.name!r} takes sentence pairs; input {i} is one string")
-        if not spec.pair and b is not None:
-            raise ValueError(f"task {spec.name!r} takes single sentences; input {i} is a pair")
+        a, b = check_input(spec, x, i)
         out.append(Example(id=str(i), text_a=a, text_b=b, label=None, line=i))
     return out
 
@@ -231,6 +247,8 @@ def tokenize_inputs(
 
 __all__ = [
     "PRECISIONS",
+    "InputError",
+    "check_input",
     "SplitResult",
     "autocast",
     "eval_mode",

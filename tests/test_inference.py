@@ -62,6 +62,21 @@ def test_a_string_is_not_a_list_of_inputs(model):
         model.predict("sst", "a plain string")
 
 
+def test_an_input_of_the_wrong_kind_is_named_by_its_index(model):
+    """predict and palbert serve share this check (InputError), so they say the same."""
+    from palbert.inference import InputError
+
+    for task, inputs, words in (
+        ("sts", [PAIRS[0], "one string"], "input 1: task 'sts' takes sentence pairs; this input is one string"),
+        ("sst", ["ok", "fine", ("a", "")], "input 2: task 'sst' takes single sentences; this input is a pair"),
+        ("sst", ["ok", 3], "input 1: expected a string or a pair of strings, not 3"),
+        ("sts", [("a", "b", "c")], "input 0: expected a string or a pair"),
+    ):  # fmt: skip
+        with pytest.raises(InputError) as e:
+            model.predict(task, inputs)
+        assert str(e.value).startswith(words), e.value
+
+
 def test_concurrent_predict_equals_one_thread(model):
     """Threads predicting different tasks and lengths at once on one model get exactly what
     each gets alone: the route of a forward belongs to its call, not to the model."""

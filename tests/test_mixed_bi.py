@@ -7,31 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from palbert import ModuleConfig, PalBert
-from palbert.tasks import build_task
-from palbert.training.loop import merge_batches
-
-SENT = ["a gripping, funny film", "dull.", "the plot goes nowhere but the cast is great"]
-PAIRS = [
-    ("a man plays the guitar", "a man is playing a guitar"),
-    ("how do i learn python?", "what is the best way to learn python quickly"),
-    ("the cat sleeps", "stocks fell"),
-]
-TASKS = {
-    "sst": {"name": "sst"},
-    "cfimdb": {"name": "cfimdb"},
-    "quora": {"name": "quora"},  # cross-encoded
-    "sts": {"name": "sts", "encoding": "bi"},
-}
-
-
-def four_tasks(impl: str, seed: int = 0) -> PalBert:
-    torch.manual_seed(seed)
-    model = PalBert.from_pretrained("minilm", impl=impl, module=ModuleConfig(init="normal"))
-    for name, d in TASKS.items():
-        task = build_task(d)
-        model.add_task(name, task.build_head(model.hidden_size), spec=task)
-    return model.eval()
+from palbert import PalBert
+from palbert.tasks.batching import merge_batches
+from tests.tiny_run import PAIRS, SENT, four_tasks
 
 
 def micro_batch(model: PalBert, name: str) -> dict:

@@ -8,6 +8,10 @@ next, as for a user who runs them one after the other:
 - ``bash`` blocks: every line is a ``palbert ...`` command (``# ...`` comments dropped), run
   in this process through :func:`palbert.cli.main`; each must exit 0. Any other command fails
   its block unless sybil's ``<!-- skip: next "why" -->`` stands before it;
+- a ``bash`` block that starts with ``palbert serve`` starts that server (a subprocess, its
+  ``--port`` made 0 so it takes a free port), checks its ready line against the block's
+  ``# prints:`` comment, then runs the block's ``curl`` lines against it (each must answer
+  2xx with JSON), then stops it with SIGTERM (it must exit 0);
 - ``console`` blocks: ``$ palbert ...`` lines and the output palbert prints (stdout and
   stderr); ``...`` stands for any text (doctest's ELLIPSIS). The output must match, so the
   messages quoted in the README cannot drift;
@@ -23,6 +27,7 @@ The shrink: what differs from a user's run, none of it something a block shows.
   (``bert-base-uncased``) must stop with palbert's offline message, which it prints only
   after the recipe and every override were checked.
 - ``RUN_DIR`` is the newest run folder under ``checkpoints/``.
+- A served block's port is a free one: ``localhost:PORT`` in its curl lines is rewritten.
 
 About a minute on 2 idle CPU cores: one tiny quickstart run serves the blocks after it.
 """
@@ -234,6 +239,9 @@ class Blocks:
                 yield
 
     def bash(self, example: Example) -> str | None:
+        lines = [ln for ln in example.parsed.splitlines() if ln.strip()]
+        if lines and lines[0].startswith("palbert serve "):
+            return serve_block(self.ws, lines)
         with self.situation():
             for line in example.parsed.splitlines():
                 if not line.strip() or line.lstrip().startswith("#"):
@@ -255,6 +263,58 @@ class Blocks:
                 if not checker.check_output(want, got, doctest.ELLIPSIS):
                     return f"`$ {line}` (exit {code}) printed:\n{got}\nthe document says:\n{want}"
         return None
+
+
+def serve_block(ws: Workspace, lines: list[str]) -> str | None:
+    """A ``palbert serve`` line, then ``curl`` lines against that server (module docstring)."""
+    import json
+    import signal
+    import subprocess
+
+    import httpx
+
+    line, *calls = lines
+    command, _, comment = line.partition("#")
+    argv = ws.argv(command)
+    if "--port" in argv:
+        argv[argv.index("--port") + 1] = "0"
+    else:
+        argv += ["--port", "0"]
+    with ws.active():
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "palbert", *argv], cwd=ws.work, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    try:
+        ready = proc.stdout.readline()  # blocks until ready, or the process ends
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", ready)
+        if m is None:
+            proc.kill()
+            return f"`{line}` printed no ready line:\n{ready}{proc.communicate()[1][-3000:]}"
+        port = m.group(1)
+        shown = comment.strip().removeprefix("prints:").strip()
+        if shown and ready.strip() != shown.replace(":8000", f":{port}"):
+            return f"`{line}` printed:\n{ready}the document says:\n{shown}"
+        for call in calls:
+            args = shlex.split(call.replace("localhost:8000", f"127.0.0.1:{port}"))
+            if args[:1] != ["curl"]:
+                return f"`{call}`: a served block holds curl lines only"
+            data = args[args.index("-d") + 1] if "-d" in args else None
+            url = next(a for a in args if a.startswith("127.0.0.1:"))
+            r = httpx.request("POST" if data else "GET", f"http://{url}", content=data, timeout=60)
+            if not 200 <= r.status_code < 300:
+                return f"`{call}` answered {r.status_code}: {r.text}"
+            json.loads(r.text)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait(10)
+    return None if code == 0 else f"`{line}` exited with {code} after SIGTERM"
 
 
 def _sessions(source: str) -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """`palbert serve` as a real server: a subprocess on a free port of 127.0.0.1, driven over
-HTTP. Task files come from the embedded MiniLM with random PAL weights (tests/test_mixed_bi):
+HTTP. Task files come from the embedded MiniLM with random PAL weights (tests/tiny_run.four_tasks):
 SST, CFIMDB, Quora (cross-encoded) and STS (bi-encoded)."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from palbert.serve.batcher import pack
-
-from .test_mixed_bi import PAIRS, SENT, four_tasks
+from tests.tiny_run import PAIRS, SENT, four_tasks, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -385,3 +384,37 @@ def test_draining_answers_503_and_finishes_what_was_admitted(files):
     close(first["r"].json()["predictions"], model.predict("sst", SENT))
     thread.join(60)
     assert not thread.is_alive()
+
+
+def test_a_restart_after_sigkill_serves_the_same_answers(files):
+    """Nothing is stateful but the files the server was given: killed mid-traffic, a new
+    server on the same folder answers as the first did (to 1e-5: batches may be composed
+    otherwise) and the folder is unchanged."""
+    before = snapshot(files["served"])
+    reqs = [{"task": n, "inputs": INPUTS[n]} for n in INPUTS]
+
+    def in_flight(url):  # traffic when the kill lands; its connection is reset
+        try:
+            httpx.post(f"{url}/v1/predict", json={"requests": reqs}, timeout=60)
+        except httpx.HTTPError:
+            pass
+
+    answers = []
+    for kill in (True, False):
+        s = Server(str(files["served"]))
+        try:
+            answers.append(s.client.post("/v1/predict", json={"requests": reqs}).json())
+            if kill:
+                t = threading.Thread(target=in_flight, args=(s.url,))
+                t.start()
+                s.proc.kill()
+                assert s.proc.wait(30) == -signal.SIGKILL
+                t.join(60)
+        finally:
+            s.stop()
+    first, again = (a["results"] for a in answers)
+    assert [x["task"] for x in again] == [x["task"] for x in first] == list(INPUTS)
+    for x, y in zip(first, again, strict=True):
+        close(y["predictions"], x["predictions"], x["task"])
+        close(x["predictions"], files["want"][x["task"]], x["task"])
+    assert snapshot(files["served"]) == before

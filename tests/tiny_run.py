@@ -5,6 +5,8 @@ writer and the fixtures built from them (loaded for every test module by conftes
 
 The backbone is a randomly initialised 2-layer BERT with hidden size 32 saved as a local
 folder with its own small vocabulary, so recipes load it by path like any real one.
+``four_tasks`` is the mixed-batch and serving tests' model: the four built-in tasks on the
+embedded MiniLM, with ``SENT`` and ``PAIRS`` as their inputs.
 """
 
 from __future__ import annotations
@@ -172,3 +174,33 @@ def run_fresh(code: str) -> str:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
+
+
+# -- four built-in tasks on the embedded MiniLM (mixed batches, serving) ------------------
+
+SENT = ["a gripping, funny film", "dull.", "the plot goes nowhere but the cast is great"]
+PAIRS = [
+    ("a man plays the guitar", "a man is playing a guitar"),
+    ("how do i learn python?", "what is the best way to learn python quickly"),
+    ("the cat sleeps", "stocks fell"),
+]
+TASKS = {
+    "sst": {"name": "sst"},
+    "cfimdb": {"name": "cfimdb"},
+    "quora": {"name": "quora"},  # cross-encoded
+    "sts": {"name": "sts", "encoding": "bi"},
+}
+
+
+def four_tasks(impl: str, seed: int = 0):
+    """SST, CFIMDB, Quora (cross-encoded) and STS (bi-encoded) on the embedded MiniLM with
+    random PAL weights (``init="normal"``, so every task computes something of its own)."""
+    from palbert import ModuleConfig, PalBert
+    from palbert.tasks import build_task
+
+    torch.manual_seed(seed)
+    model = PalBert.from_pretrained("minilm", impl=impl, module=ModuleConfig(init="normal"))
+    for name, d in TASKS.items():
+        task = build_task(d)
+        model.add_task(name, task.build_head(model.hidden_size), spec=task)
+    return model.eval()

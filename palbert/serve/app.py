@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from palbert.inference import tokenize_inputs
+from palbert.inference import InputError, check_input, tokenize_inputs
 from palbert.serve.batcher import Batcher, BatchLimits, Closed, QueueFull, Unit, assemble
 from palbert.serve.batcher import Request as Job
 from palbert.serve.metrics import MULTI, UNKNOWN, Metrics
@@ -192,17 +192,12 @@ def _check_inputs(state: State, served: Served, inputs: list, where: str) -> Non
                         f"{cfg.max_chars} (--max-chars)",
                     ),
                 )  # fmt: skip
-        pair = not isinstance(x, str)
-        if pair != bool(served.spec.pair):
-            want = "sentence pairs" if served.spec.pair else "single sentences"
-            got = "a pair" if pair else "one string"
+        try:
+            check_input(served.spec, x, i)
+        except InputError as e:
             raise state.reject(
-                "bad_request",
-                ServeError(
-                    422, "wrong_input_kind",
-                    f"{where}.{i}: task {served.name!r} takes {want}; this input is {got}",
-                ),
-            )  # fmt: skip
+                "bad_request", ServeError(422, "wrong_input_kind", f"{where}.{i}: {e.reason}")
+            ) from None
 
 
 def _check_count(state: State, n: int, where: str) -> None:

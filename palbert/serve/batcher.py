@@ -23,6 +23,7 @@ The model is touched only by the inference thread: forwards, and the loads and u
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from palbert.tasks.batching import merge_batches
 from palbert.tasks.predictions import as_rows, decode
 
 
@@ -330,37 +332,15 @@ def assemble(
     model: Any, units: Sequence[Unit], device: torch.device
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[Unit]]]:
     """The padded mixed batch of ``units`` (task_ids, side) and each task's units in the
-    order of its outputs."""
-    names = model.tasks
-    segs, task_ids, sides = [], [], []
-    order: dict[str, list[Unit]] = {}
-    for u in units:
-        data = u.request.data
-        order.setdefault(u.request.task, []).append(u)
-        t = names.index(u.request.task)
-        for side, part in enumerate((data.a,) if data.b is None else (data.a, data.b)):
-            segs.append((part, u.index))
-            task_ids.append(t)
-            sides.append(side)
-    width = max(int(p.offsets[i + 1] - p.offsets[i]) for p, i in segs)
-    pad_id = units[0].request.data.pad_id
-    ids = np.full((len(segs), width), pad_id, dtype=np.int64)
-    tt = np.zeros((len(segs), width), dtype=np.int64)
-    mask = np.zeros((len(segs), width), dtype=np.int64)
-    for r, (p, i) in enumerate(segs):
-        lo, hi = int(p.offsets[i]), int(p.offsets[i + 1])
-        ids[r, : hi - lo] = p.input_ids[lo:hi]
-        mask[r, : hi - lo] = 1
-        if p.token_type_ids is not None:
-            tt[r, : hi - lo] = p.token_type_ids[lo:hi]
-    tensors = {
-        "input_ids": torch.from_numpy(ids),
-        "attention_mask": torch.from_numpy(mask),
-        "token_type_ids": torch.from_numpy(tt),
-        "task_ids": torch.tensor(task_ids),
-        "side": torch.tensor(sides),
-    }
-    return {k: v.to(device) for k, v in tensors.items()}, order
+    order of its outputs: each request's units are collated together, then merged."""
+    parts, order = [], {}
+    for _, group in itertools.groupby(units, key=lambda u: id(u.request)):
+        group = list(group)
+        request = group[0].request
+        parts.append((request.task, request.data.collate([u.index for u in group])))
+        order.setdefault(request.task, []).extend(group)
+    batch, _ = merge_batches(parts, model.tasks, units[0].request.data.pad_id)
+    return {k: v.to(device) for k, v in batch.items()}, order
 
 
 __all__ = ["BatchLimits", "Batcher", "Closed", "QueueFull", "Request", "assemble", "pack"]

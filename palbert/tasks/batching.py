@@ -378,3 +378,33 @@ class Batches:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for idx in self.batch_indices():
             yield self.data.collate(idx)
+
+
+def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad_id: int = 0):
+    """One mixed batch from several tasks' micro-batches (``TokenizedSplit.collate``'s dicts):
+    rows padded to one width, with ``task_ids`` (indices into ``names``) and ``side`` (a
+    bi-encoded micro-batch adds its second sentences as rows of side 1, after its first);
+    labels, where the parts have them, stay per task, in row order. The one padder of mixed
+    batches: training's merged micro-batches and ``palbert serve``'s batches."""
+    width = max(int(b["input_ids"].shape[1]) for _, b in parts)
+    cols: dict[str, list[torch.Tensor]] = {
+        "input_ids": [],
+        "attention_mask": [],
+        "token_type_ids": [],
+    }
+    width = max([width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)])
+    task_ids, sides, labels = [], [], {}
+    for task, b in parts:
+        for side, suffix in enumerate(("", "_b") if "input_ids_b" in b else ("",)):
+            n, w = b["input_ids" + suffix].shape
+            for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+                t = b.get(key + suffix, torch.zeros_like(b["input_ids" + suffix]))
+                cols[key].append(torch.nn.functional.pad(t, (0, width - w), value=fill))
+            task_ids.append(torch.full((n,), names.index(task), dtype=torch.long))
+            sides.append(torch.full((n,), side, dtype=torch.long))
+        if "labels" in b:
+            labels.setdefault(task, []).append(b["labels"])
+    batch = {k: torch.cat(v) for k, v in cols.items()}
+    batch["task_ids"] = torch.cat(task_ids)
+    batch["side"] = torch.cat(sides)
+    return batch, {t: torch.cat(v) for t, v in labels.items()}

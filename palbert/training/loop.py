@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from palbert.inference import autocast, resolve_precision
+from palbert.tasks.batching import merge_batches
 from palbert.training.pcgrad import pcgrad
 
 if TYPE_CHECKING:
@@ -148,33 +149,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
     }
-
-
-def merge_batches(parts: list[tuple[str, dict[str, Any]]], names: list[str], pad_id: int = 0):
-    """One mixed batch from several tasks' micro-batches: rows padded to one width, with
-    ``task_ids`` (indices into ``names``); labels stay per task, in row order."""
-    width = max(int(b["input_ids"].shape[1]) for _, b in parts)
-    cols: dict[str, list[torch.Tensor]] = {
-        "input_ids": [],
-        "attention_mask": [],
-        "token_type_ids": [],
-    }
-    # a bi-encoded micro-batch (keys *_b) adds its second sentences as rows of side 1
-    width = max([width, *(int(b["input_ids_b"].shape[1]) for _, b in parts if "input_ids_b" in b)])
-    task_ids, sides, labels = [], [], {}
-    for task, b in parts:
-        for side, suffix in enumerate(("", "_b") if "input_ids_b" in b else ("",)):
-            n, w = b["input_ids" + suffix].shape
-            for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-                t = b.get(key + suffix, torch.zeros_like(b["input_ids" + suffix]))
-                cols[key].append(torch.nn.functional.pad(t, (0, width - w), value=fill))
-            task_ids.append(torch.full((n,), names.index(task), dtype=torch.long))
-            sides.append(torch.full((n,), side, dtype=torch.long))
-        labels.setdefault(task, []).append(b["labels"])
-    batch = {k: torch.cat(v) for k, v in cols.items()}
-    batch["task_ids"] = torch.cat(task_ids)
-    batch["side"] = torch.cat(sides)
-    return batch, {t: torch.cat(v) for t, v in labels.items()}
 
 
 # -- data streams -------------------------------------------------------------------------
@@ -555,7 +529,6 @@ __all__ = [
     "TaskStream",
     "Trainer",
     "lr_factor",
-    "merge_batches",
     "param_groups",
     "selection_score",
 ]
