@@ -41,7 +41,7 @@ from palbert import PalBert, load_backbone
 from palbert.layers import ModuleConfig
 from palbert.recipe import Recipe, RecipeError, load_recipe, resolve_data_dir
 from palbert.tasks import build_task
-from palbert.training.run import global_batches, run_sampler
+from palbert.training.prepare import global_batches, run_sampler
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -193,7 +193,7 @@ def batch_of(model: PalBert, task: Any, B: int, T: int) -> dict[str, torch.Tenso
     g = torch.Generator().manual_seed(0)
     vocab = model.backbone_info.config.vocab_size
     ids = torch.randint(vocab // 2, vocab, (B, T), generator=g)
-    labels = torch.zeros(B) if task.kind == "regression" else torch.zeros(B, dtype=torch.long)
+    labels = torch.zeros(B) if task.spec.kind == "regression" else torch.zeros(B, dtype=torch.long)
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
@@ -551,7 +551,7 @@ def main() -> None:
         "batch": B,
         "tokens": T,
         "task": task_name,
-        "encodings": {e.name: build_task(e.spec).encoding for e in recipe.tasks},
+        "encodings": {e.name: build_task(e.spec).spec.encoding for e in recipe.tasks},
         "scenarios": [],
     }
     scenario = "no training data found: step counts left out"

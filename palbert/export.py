@@ -15,7 +15,7 @@ fine-tuned its encoder work only on that encoder, so ``--task`` writes it as wel
 (``OUT/backbone/``), and eval/predict of task files find it there.
 
 RUN_DIR defaults to the newest complete run (one with a ``COMPLETE`` file) under
-``checkpoints/``. A run folder is read by :func:`palbert.training.run.load_run`; its
+``checkpoints/``. A run folder is read by :func:`palbert.training.runfolder.load_run`; its
 ``best.safetensors`` holds ``backbone.*`` keys only when the run trained the encoder.
 
 This module is the commands' glue: task files are written and read by
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 
 from palbert.backbones import TOKENIZER_FILES
 from palbert.choices import IMPLS
+from palbert.devices import DeviceError, parse_device
 from palbert.files import (
     atomic_write_text,
     child,
@@ -52,14 +52,12 @@ from palbert.files import (
 from palbert.inference import evaluate, run_split
 from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
 from palbert.model import PalBert
+from palbert.recipe import DEFAULT_OUTPUT_DIR
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
 from palbert.tasks.predictions import OUTPUT_FORMATS
 from palbert.tasks.spec import INPUT_FORMATS
-from palbert.training.run import load_run
-
-DEFAULT_CHECKPOINTS = "checkpoints"
-_STAMP = re.compile(r"-(\d{8}-\d{6})$")
+from palbert.training.runfolder import RunFolderError, is_run_dir, load_run, newest_run
 
 
 class ExportError(RuntimeError):
@@ -67,40 +65,6 @@ class ExportError(RuntimeError):
 
 
 # -- run folders --------------------------------------------------------------------------
-
-
-def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "best.safetensors").is_file()
-
-
-def complete_runs(root: str | Path = DEFAULT_CHECKPOINTS) -> list[Path]:
-    """Complete run folders under ``root``, oldest first (by the timestamp in their name,
-    then by when they completed)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if p.is_dir() and (p / "COMPLETE").is_file()]
-
-    def when(p: Path) -> tuple[str, float]:
-        m = _STAMP.search(p.name)
-        return (m.group(1) if m else "", (p / "COMPLETE").stat().st_mtime)
-
-    return sorted(runs, key=when)
-
-
-def newest_run(root: str | Path = DEFAULT_CHECKPOINTS) -> Path:
-    """The newest complete run under ``root``; an error that says what exists otherwise."""
-    runs = complete_runs(root)
-    if not runs:
-        root = Path(root)
-        partial = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        extra = f" (incomplete: {', '.join(partial)})" if partial else ""
-        raise ExportError(
-            f"no complete run under {root}/{extra}; train one with `palbert train RECIPE` or "
-            "name a run folder"
-        )
-    return runs[-1]
 
 
 def unfinished(run_dir: str | Path) -> str | None:
@@ -278,7 +242,7 @@ def open_models(
     paths: list[str],
     backbone: str | None = None,
     impl: str | None = None,
-    checkpoints: str = DEFAULT_CHECKPOINTS,
+    checkpoints: str = DEFAULT_OUTPUT_DIR,
     data_dir: str | None = None,
     force: bool = False,
     say: Callable[[str], None] = print,
@@ -337,21 +301,6 @@ def model_for_files(
     return PalBert.from_pretrained(backbone, impl=impl or first.get("impl", "transformers"))
 
 
-def _device(name: str | None) -> torch.device:
-    """``--device``: cpu, cuda, cuda:N (default: cuda where there is one)."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ExportError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ExportError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ExportError(f"--device {name}: palbert runs on cpu or cuda")
-    return device
-
-
 MAX_INPUT_MB = 256  # predict holds every row of --input in memory (the CS224N files: < 3 MB)
 
 
@@ -382,7 +331,15 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (ExportError, TaskFileError, IntegrityError, DataError, KeyError) as e:
+        except (
+            ExportError,
+            DeviceError,
+            RunFolderError,
+            TaskFileError,
+            IntegrityError,
+            DataError,
+            KeyError,
+        ) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"palbert {args.command}: error: {msg}", file=sys.stderr)
             return 2
@@ -451,7 +408,7 @@ def _open(args: argparse.Namespace):
 
 @_errors
 def _eval(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = parse_device(args.device, "--device")
     model, tasks = _open(args)
     results = {}
     for name, task in tasks.items():
@@ -465,7 +422,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 @_errors
 def _predict(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = parse_device(args.device, "--device")
     model, tasks = _open(args)
     if args.input is not None and len(tasks) != 1:
         raise ExportError(f"--input goes to one task: add --task (one of {list(tasks)})")
@@ -500,7 +457,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="load task files on other weights")
-    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
+    p.add_argument("--checkpoints", default=DEFAULT_OUTPUT_DIR, help="where runs are found")
 
 
 def add_commands(sub: Any) -> None:
@@ -528,7 +485,7 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="replace another encoder in OUT/backbone (its task files stop loading)",
     )
-    p.add_argument("--checkpoints", default=DEFAULT_CHECKPOINTS, help="where runs are found")
+    p.add_argument("--checkpoints", default=DEFAULT_OUTPUT_DIR, help="where runs are found")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("eval", help="dev metrics of a run or of exported task files")

@@ -136,11 +136,11 @@ def run_split(
 ) -> SplitResult:
     """``task`` (a :class:`palbert.tasks.Task` of the model) over its file for ``split``,
     tokenized at the max_length of the model's spec for it."""
-    spec = model.spec(task.name)
+    spec = model.spec(task.spec.name)
     data = task.tokenized(split, model.tokenizer, max_length=spec.max_length, on_error=on_error)
     if len(data) == 0:
-        raise DataError(f"task {task.name!r} split {split!r} has no rows")
-    out = forward_rows(model, task.name, data, batch_size, device, precision)
+        raise DataError(f"task {task.spec.name!r} split {split!r} has no rows")
+    out = forward_rows(model, task.spec.name, data, batch_size, device, precision)
     labels = torch.from_numpy(data.labels) if data.labels is not None else None
     return SplitResult(list(data.ids), decode(spec, out), labels)
 

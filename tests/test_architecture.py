@@ -26,6 +26,7 @@ LEVELS: dict[str, int] = {
     "palbert.validate": 0,
     "palbert.activations": 0,
     "palbert.masks": 0,
+    "palbert.devices": 0,
     "palbert.tasks": 1,
     "palbert.layers": 1,
     "palbert.minbert": 1,

@@ -21,6 +21,7 @@ from palbert.taskfile import read_task_file
 from tests.tiny_run import run_fresh
 
 run_mod = pytest.importorskip("palbert.training.run")
+prepare_mod = pytest.importorskip("palbert.training.prepare")
 recipe_mod = pytest.importorskip("palbert.recipe")
 
 SENT = ["a gripping and funny film", "dull and slow", "i loved it", "a mess", "great cast"]
@@ -105,9 +106,9 @@ def make_run(
         "output_dir": str(root),
     }
     recipe = recipe_mod.recipe_from_dict(raw)
-    tasks = run_mod.build_tasks(recipe, data)
+    tasks = prepare_mod.build_tasks(recipe, data)
     torch.manual_seed(1)
-    model = run_mod.build_model(recipe, tasks)
+    model = prepare_mod.build_model(recipe, tasks)
     if mode == "full":
         with torch.no_grad():
             for p in model.backbone.encoder.layer[-1].parameters():
@@ -119,7 +120,7 @@ def make_run(
     write_sealed(
         run / "best.safetensors", state, {"format": "palbert-run", FORMAT_KEY: str(FORMAT)}
     )
-    resolved = run_mod.resolved(recipe, tasks, data)
+    resolved = prepare_mod.resolved(recipe, tasks, data)
     (run / "recipe.yaml").write_text(recipe_mod.dump_recipe(resolved))
     (run / "metrics.jsonl").write_text("")
     (run / "summary.json").write_text("{}")

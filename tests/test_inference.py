@@ -47,7 +47,7 @@ def model():
     m = PalBert.from_pretrained("minilm", module=ModuleConfig(kind="pal", init="normal"))
     for spec in ({"name": "sst"}, {"name": "sts"}, {"name": "q", "extends": "quora"}):
         task = build_task(spec)
-        m.add_task(task.name, task.build_head(m.hidden_size), spec=task)
+        m.add_task(task.spec.name, task.build_head(m.hidden_size), spec=task)
     return m
 
 

@@ -171,7 +171,7 @@ def test_builtin_default_heads():
     s = build_task("sts").build_head(H)
     assert s.encoding == "cross" and s([enc()]).shape == (3,)
     cos = build_task({"name": "sts", "head": {"type": "cosine", "pooling": "mean"}})
-    assert cos.encoding == "bi" and isinstance(cos.build_head(H), CosineHead)
+    assert cos.spec.encoding == "bi" and isinstance(cos.build_head(H), CosineHead)
     assert build_task("sst").build_head(H).encoding == "single"
 
 

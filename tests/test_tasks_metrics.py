@@ -73,7 +73,7 @@ def test_batches_accumulate_to_the_whole_split():
 
 def test_task_evaluate():
     sst = build_task("sst")
-    assert sst.primary_metric == "accuracy"
+    assert sst.spec.primary_metric == "accuracy"
     logits = torch.tensor([[3.0, 0, 0, 0, 0], [0, 0, 0, 2.0, 0], [0, 1.0, 0, 0, 0]])
     assert sst.evaluate(sst.predict(logits), torch.tensor([0, 3, 4])) == {
         "accuracy": pytest.approx(2 / 3)
@@ -83,7 +83,7 @@ def test_task_evaluate():
     got = quora.evaluate(P_CLS.tolist(), Y_CLS)
     assert set(got) == {"accuracy", "f1"} and got["f1"] == pytest.approx(f1_numpy(P_CLS, Y_CLS))
     sts = build_task("sts")
-    assert sts.primary_metric == "pearson"
+    assert sts.spec.primary_metric == "pearson"
     got = sts.evaluate({"score": torch.tensor(P_REG, dtype=torch.float32)}, torch.tensor(Y_REG))
     assert got["pearson"] == pytest.approx(stats.pearsonr(P_REG, Y_REG)[0], abs=1e-6)
     assert got["spearman"] == pytest.approx(stats.spearmanr(P_REG, Y_REG)[0], abs=1e-6)

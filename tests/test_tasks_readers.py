@@ -276,7 +276,7 @@ def test_jsonl_regression_pairs():
         ("j1", "z", 0.25),
         ("j2", "q", 0.5),
     ]
-    assert task.num_labels == 1 and task.labels == [] and task.label_range == (0.0, 1.0)
+    assert task.num_labels == 1 and task.labels == [] and task.spec.label_range == (0.0, 1.0)
 
 
 def test_quoted_line_break_is_broken_quoting_unless_multiline():

@@ -49,7 +49,8 @@ def test_user_defined_task():
     spec = TaskSpec.from_dict(USER)
     assert spec.text == ("review",) and spec.labels is None and spec.encoding == "single"
     task = build_task(USER)
-    assert (task.name, task.kind, task.pair, task.encoding, task.primary_metric) == (
+    s = task.spec
+    assert (s.name, s.kind, s.pair, s.encoding, s.primary_metric) == (
         "mytask",
         "classification",
         False,

@@ -208,10 +208,10 @@ def test_fp16_cuda_step_with_grad_scaler_and_overflow_skip(tiny_setup):
     assert not res.skipped and torch.isfinite(torch.tensor(res.losses["sst"]))
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     # an overflowing step is skipped (weights untouched) and counted
-    tr.backward([("sst", b)])
+    done = tr.backward([("sst", b)])
     next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("inf"))
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
-    res = tr.apply()
+    res = tr.apply(done)
     assert res.skipped and tr.skipped_steps == 1
     for n, p in model.named_parameters():
         assert torch.equal(p, snapshot[n]), n

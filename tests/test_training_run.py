@@ -321,16 +321,17 @@ def test_a_loaded_run_predicts_at_the_length_it_trained_with(tiny_setup, tmp_pat
 
 def test_the_sampler_is_built_once(tiny_setup, tmp_path, monkeypatch):
     from palbert.recipe import load_recipe
+    from palbert.training import prepare as prepare_mod
     from palbert.training import run as run_mod
 
     built = []
-    original = run_mod.TaskSampler
+    original = prepare_mod.TaskSampler
 
     def counting(*args, **kwargs):
         built.append(args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "TaskSampler", counting)
+    monkeypatch.setattr(prepare_mod, "TaskSampler", counting)
     backbone, data = tiny_setup
     path = write_recipe(tmp_path, backbone, data, train={"max_steps": 1}, eval={"every": 1})
     run_mod.train(load_recipe(path), progress=False)
@@ -418,8 +419,8 @@ def test_nothing_non_finite_is_saved(
             next(p for p in self.params if p.grad is not None).grad.fill_(float("nan"))
         return out
 
-    def poisoned_apply(self):
-        res = apply(self)
+    def poisoned_apply(self, done):
+        res = apply(self, done)
         if fault == "weight" and self.step_count == 3:
             self.params[-1].data.fill_(float("inf"))
         return res
@@ -445,14 +446,15 @@ def test_nothing_non_finite_is_saved(
 def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
     from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, _hold, train
+    from palbert.training.run import TrainingInterrupted, train
+    from palbert.training.runfolder import hold
 
     backbone, data = tiny_setup
     path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
     with pytest.raises(TrainingInterrupted):
         train(load_recipe(path), progress=False, stop_at_step=2)
     (run,) = (tmp_path / "runs").iterdir()
-    held = _hold(run)  # as another `palbert train --resume` would
+    held = hold(run)  # as another `palbert train --resume` would
     try:
         before = snapshot(run)
         capsys.readouterr()

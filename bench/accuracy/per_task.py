@@ -248,7 +248,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         scores = evaluate(encoder, head, task, dev)
         out["tasks"][n] = {
             "dev": scores,
-            "primary_metric": task.primary_metric,
+            "primary_metric": task.spec.primary_metric,
             "batches": len(steps),
             "examples": examples,
             "adapter_parameters": ad.count(n),

@@ -113,7 +113,7 @@ def task_sizes(raw: dict[str, Any]) -> dict[str, dict[str, int]]:
         max_len = task.spec.max_length or raw["train"]["max_length"]
         rows = len(task.tokenized("train", tokenizer, max_length=max_len, on_error=on_error))
         bs = task.spec.batch_size or raw["train"]["batch_size"]
-        out[task.name] = {"rows": rows, "batch_size": bs, "batches": math.ceil(rows / bs)}
+        out[task.spec.name] = {"rows": rows, "batch_size": bs, "batches": math.ceil(rows / bs)}
     return out
 
 
@@ -256,7 +256,7 @@ def train_palbert(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir),
         "dev": summary["final"]["scores"],
-        "primary": {n: tasks[n].primary_metric for n in tasks},
+        "primary": {n: tasks[n].spec.primary_metric for n in tasks},
         "report": model.parameter_report(),
         "batches": batches,
         "step_s": step_s,

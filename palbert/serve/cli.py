@@ -42,7 +42,8 @@ def _token(args: argparse.Namespace) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from palbert.export import _device, model_for_files, task_files
+    from palbert.devices import parse_device
+    from palbert.export import model_for_files, task_files
 
     files = task_files(args.paths)
     missing = [f for f in files if not f.is_file()]
@@ -51,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     model = model_for_files(files, args.backbone, args.impl, say=_say)
     for f in files:
         model.load_task(f, force=args.force)  # a misfit is refused here, naming the file
-    model.to(_device(args.device))
+    model.to(parse_device(args.device, "--device"))
     if args.compile:
         compile_encoder(model)  # compiled by the warm-up forward, before the ready line
     config = ServeConfig(

@@ -77,10 +77,10 @@ def _tolist(x: Any) -> list:
 
 
 def cs224n_column(task: Any) -> str:
-    name = task.name
+    name = task.spec.name
     if name in CS224N_COLUMNS:
         return CS224N_COLUMNS[name]
-    return "Predicted_Similarity" if task.kind == "regression" else "Predicted_Label"
+    return "Predicted_Similarity" if task.spec.kind == "regression" else "Predicted_Label"
 
 
 def default_filename(task_name: str, split: str, fmt: str = "cs224n") -> str:
@@ -93,13 +93,13 @@ def default_filename(task_name: str, split: str, fmt: str = "cs224n") -> str:
 def _values(task: Any, preds: Any) -> tuple[list, list | None]:
     """(values, probabilities or None): label names or float scores."""
     if isinstance(preds, Mapping):
-        if task.kind == "regression":
+        if task.spec.kind == "regression":
             return [float(v) for v in _tolist(preds["score"])], None
         ids = [int(v) for v in _tolist(preds["label"])]
         probs = _tolist(preds["probs"]) if preds.get("probs") is not None else None
     else:
         values = _tolist(preds)
-        if task.kind == "regression":
+        if task.spec.kind == "regression":
             return [float(v) for v in values], None
         ids, probs = [int(v) for v in values], None
     labels = list(task.labels)
@@ -116,14 +116,14 @@ def write_predictions(
 ) -> Path:
     """Write one task's predictions for ``split``; returns the file written.
 
-    ``task`` is a :class:`palbert.tasks.Task` (name, kind, labels). ``preds`` is what
+    ``task`` is a :class:`palbert.tasks.Task` (its spec's name and kind, its labels). ``preds`` is what
     ``task.predict`` returned (``{"label", "probs"}`` or ``{"score"}``), or plain label ids /
     scores. ``path`` may be a folder: the file is then named by :func:`default_filename`.
     """
     check_choice("fmt", fmt, OUTPUT_FORMATS)
     path = Path(path)
     if path.is_dir() or str(path).endswith(("/", "\\")):
-        path = child(path, default_filename(task.name, split, fmt))
+        path = child(path, default_filename(task.spec.name, split, fmt))
     values, probs = _values(task, preds)
     ids = [str(i) for i in _tolist(ids)]
     if len(ids) != len(values):
@@ -144,8 +144,8 @@ def write_predictions(
                     w.writerow([i, v, *(probs[j] if probs is not None else [])])
             else:
                 for j, (i, v) in enumerate(zip(ids, values, strict=True)):
-                    row: dict[str, Any] = {"id": i, "split": split, "task": task.name}
-                    if task.kind == "regression":
+                    row: dict[str, Any] = {"id": i, "split": split, "task": task.spec.name}
+                    if task.spec.kind == "regression":
                         row["score"] = v
                     else:
                         row["label"] = v

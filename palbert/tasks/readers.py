@@ -39,7 +39,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,11 +434,48 @@ def parse_examples(
 
     ``labels`` are the class names in id order (classification); regression uses
     ``spec.label_range``. A split whose name starts with "test" may lack the label column.
+
+    In steps: the table's columns (:func:`_columns`), how a label is read
+    (:func:`_label_reader`), then each row's texts, label and id, each with what is wrong
+    with it; a row with anything wrong, or an id seen before, is a problem.
     """
     src = table.source
+    labelled, id_col = _columns(table, spec, split)
+    read_label = _label_reader(spec, labels)
+    examples: list[Example] = []
+    problems: list[tuple[str, int, str]] = []
+    seen: dict[str, int] = {}  # id -> the line it was first seen on
+    for rec in table.records:
+        if rec.values is None:
+            problems.append((src, rec.line, rec.problem or "unreadable row"))
+            continue
+        texts, reasons = _row_texts(rec.values, spec)
+        label, why = read_label(rec.values) if labelled else (None, None)
+        ident, why_id = _row_id(rec, id_col)
+        reasons += [r for r in (why, why_id) if r is not None]
+        if not reasons and ident in seen:
+            reasons.append(f"duplicate id {ident!r} (first at line {seen[ident]})")
+        if reasons:
+            problems.append((src, rec.line, "; ".join(reasons)))
+            continue
+        seen[ident] = rec.line
+        second = texts[1] if spec.pair else None
+        examples.append(Example(ident, texts[0], second, label, rec.line))
+    if not examples:  # skipping would leave nothing: say so whatever on_error says
+        raise DataError(
+            f"{src}: none of the {len(problems)} row(s) of split {split!r} is usable:\n"
+            f"{format_problems(problems)}",
+            problems,
+        )
+    return ParseResult(examples, problems, labelled)
+
+
+def _columns(table: Table, spec: TaskSpec, split: str) -> tuple[bool, str | None]:
+    """(whether the table has labels, its id column or None), refusing a table without rows
+    or without a column the spec needs."""
+    src, cols = table.source, table.columns
     if not table.records:  # nothing to train, evaluate or predict on
         raise DataError(f"{src}: split {split!r} has no data rows")
-    cols = table.columns
     needed = list(spec.text)
     if spec.id is not None:
         needed.append(spec.id)
@@ -451,93 +488,85 @@ def parse_examples(
             f"{src}: {_missing_col(spec.label, spec, cols)} (only test splits may be unlabelled)"
         )
     id_col = spec.id if spec.id is not None else ("id" if "id" in cols else None)
+    return labelled, id_col
+
+
+def _label_reader(
+    spec: TaskSpec, labels: list[str] | tuple[str, ...] | None
+) -> Callable[[dict[str, Any]], tuple[int | float | None, str | None]]:
+    """How a row's label is read: ``(class id or number, None)``, or ``(None, what is
+    wrong)``. Classification needs the label names; regression's numbers must be finite
+    and within ``spec.label_range``."""
+    col = spec.label
     if spec.kind == "classification":
         if labels is None:
             raise DataError(
                 f"task {spec.name!r}: label names are unknown (no labels and no train split)"
             )
         label_ids = {name: i for i, name in enumerate(labels)}
-    lo, hi = spec.label_range or (-math.inf, math.inf)
-    pair = spec.pair
 
-    examples: list[Example] = []
-    problems: list[tuple[str, int, str]] = []
-    seen: dict[str, int] = {}
-    for rec in table.records:
-        if rec.values is None:
-            problems.append((src, rec.line, rec.problem or "unreadable row"))
+        def value(raw: str) -> tuple[int | None, str | None]:
+            c = canonical_label(raw)
+            if c not in label_ids:
+                return None, f"unknown label {raw!r} in {col!r} (labels: {', '.join(labels)})"
+            return label_ids[c], None
+    else:
+        lo, hi = spec.label_range or (-math.inf, math.inf)
+
+        def value(raw: str) -> tuple[float | None, str | None]:
+            try:
+                f = float(raw)
+            except ValueError:
+                return None, f"unparsable label {raw!r} in {col!r} (expected a number)"
+            if not math.isfinite(f):
+                return None, f"unparsable label {raw!r} in {col!r} (not finite)"
+            if not lo <= f <= hi:
+                return None, f"label {raw!r} in {col!r} out of range [{lo:g}, {hi:g}]"
+            return f, None
+
+    def read(values: dict[str, Any]) -> tuple[int | float | None, str | None]:
+        if col not in values:
+            return None, f"missing field {col!r}"
+        raw = _text(values[col])
+        if raw is None or not raw.strip():
+            return None, f"missing label in {col!r}"
+        return value(raw)
+
+    return read
+
+
+def _row_texts(values: dict[str, Any], spec: TaskSpec) -> tuple[list[str | None], list[str]]:
+    """A row's texts in the spec's order, and what is wrong with them (missing, empty, or a
+    JSONL value that is not text)."""
+    texts, reasons = [], []
+    for col in spec.text:
+        if col not in values:
+            reasons.append(f"missing field {col!r}")
+            texts.append(None)
             continue
-        v = rec.values
-        reasons = []
-        texts = []
-        for col in spec.text:
-            if col not in v:
-                reasons.append(f"missing field {col!r}")
-                texts.append(None)
-                continue
-            if isinstance(v[col], (list, dict, bool, int, float)) and not _nan(v[col]):
-                kind = {list: "a list", dict: "an object", bool: "true/false"}.get(
-                    type(v[col]), "a number"
-                )
-                reasons.append(f"{col!r} holds {kind}, not text")
-                texts.append(None)
-                continue
-            t = _text(v[col])
-            if t is None or not t.strip():
-                reasons.append(f"empty text in {col!r}")
-            texts.append(t)
-        label: int | float | None = None
-        if labelled:
-            raw = v.get(spec.label)
-            rs = _text(raw)
-            if spec.label not in v:
-                reasons.append(f"missing field {spec.label!r}")
-            elif rs is None or not rs.strip():
-                reasons.append(f"missing label in {spec.label!r}")
-            elif spec.kind == "classification":
-                c = canonical_label(rs)
-                if c not in label_ids:
-                    reasons.append(
-                        f"unknown label {rs!r} in {spec.label!r} (labels: {', '.join(labels)})"
-                    )
-                else:
-                    label = label_ids[c]
-            else:
-                try:
-                    f = float(rs)
-                except ValueError:
-                    reasons.append(f"unparsable label {rs!r} in {spec.label!r} (expected a number)")
-                else:
-                    if not math.isfinite(f):
-                        reasons.append(f"unparsable label {rs!r} in {spec.label!r} (not finite)")
-                    elif not lo <= f <= hi:
-                        reasons.append(
-                            f"label {rs!r} in {spec.label!r} out of range [{lo:g}, {hi:g}]"
-                        )
-                    else:
-                        label = f
-        if id_col is not None:
-            ident = _text(v.get(id_col))
-            if ident is None or not ident.strip():
-                reasons.append(f"empty id in {id_col!r}")
-            else:
-                ident = ident.strip()
-        else:
-            ident = str(rec.line)
-        if not reasons and ident in seen:
-            reasons.append(f"duplicate id {ident!r} (first at line {seen[ident]})")
-        if reasons:
-            problems.append((src, rec.line, "; ".join(reasons)))
+        if isinstance(values[col], (list, dict, bool, int, float)) and not _nan(values[col]):
+            kind = {list: "a list", dict: "an object", bool: "true/false"}.get(
+                type(values[col]), "a number"
+            )
+            reasons.append(f"{col!r} holds {kind}, not text")
+            texts.append(None)
             continue
-        seen[ident] = rec.line
-        examples.append(Example(ident, texts[0], texts[1] if pair else None, label, rec.line))
-    if not examples:  # skipping would leave nothing: say so whatever on_error says
-        raise DataError(
-            f"{src}: none of the {len(problems)} row(s) of split {split!r} is usable:\n"
-            f"{format_problems(problems)}",
-            problems,
-        )
-    return ParseResult(examples, problems, labelled)
+        t = _text(values[col])
+        if t is None or not t.strip():
+            reasons.append(f"empty text in {col!r}")
+        texts.append(t)
+    return texts, reasons
+
+
+def _row_id(rec: Record, id_col: str | None) -> tuple[str, str | None]:
+    """A row's id (its line number where the table has no id column), and what is wrong
+    with it."""
+    if id_col is None:
+        return str(rec.line), None
+    ident = _text(rec.values.get(id_col))
+    if ident is None or not ident.strip():
+        return "", f"empty id in {id_col!r}"
+    return ident.strip(), None
 
 
 def _missing_col(col: str, spec: TaskSpec, columns: list[str]) -> str:

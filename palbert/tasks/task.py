@@ -62,8 +62,8 @@ BUILTIN_TASKS: Mapping[str, TaskSpec] = types.MappingProxyType(
 class Task:
     """One task bound to a data folder. Build with :func:`build_task`.
 
-    Attributes mirror the spec (``name``, ``kind``, ``pair``, ``encoding``, ``label_range``,
-    ``metrics``, ``primary_metric``) plus the resolved ``labels`` / ``num_labels``.
+    What the task is lives in ``spec`` (``task.spec.name``, ``.kind``, ``.metrics`` ...);
+    the task adds what needs its data: the resolved ``labels`` / ``num_labels``.
     ``skipped`` lists ``(file, line, reason)`` of rows the last read skipped.
     """
 
@@ -86,61 +86,33 @@ class Task:
         self._memory: dict[tuple, TokenizedSplit] = {}
 
     def __repr__(self) -> str:
-        return f"Task({self.name!r}, kind={self.kind!r}, encoding={self.encoding!r}, splits={self.splits()})"
+        return f"Task({self.spec.name!r}, kind={self.spec.kind!r}, encoding={self.spec.encoding!r}, splits={self.splits()})"
 
     # -- what the task is ---------------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
-
-    @property
-    def pair(self) -> bool:
-        return self.spec.pair
-
-    @property
-    def encoding(self) -> str:
-        return self.spec.encoding
-
-    @property
-    def label_range(self) -> tuple[float, float] | None:
-        return self.spec.label_range
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return self.spec.metrics
-
-    @property
-    def primary_metric(self) -> str:
-        return self.spec.primary_metric
-
     @property
     def labels(self) -> list[str]:
         """Class names in id order ([] for regression). Undeclared ones are inferred from the
         train split (sorted) the first time they are needed."""
-        if self.kind == "regression":
+        if self.spec.kind == "regression":
             return []
         if self._labels is None:
             splits = self.splits()
             source = ["train"] if "train" in splits else splits[:1]
             if not source:
                 raise DataError(
-                    f"task {self.name!r}: no data to infer labels from; declare labels:"
+                    f"task {self.spec.name!r}: no data to infer labels from; declare labels:"
                 )
             self._labels = infer_labels([self._table(s) for s in source], self.spec)
         return list(self._labels)
 
     @property
     def num_labels(self) -> int:
-        return 1 if self.kind == "regression" else len(self.labels)
+        return 1 if self.spec.kind == "regression" else len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a mapping with the labels resolved, for run folders and exports."""
         d = self.spec.to_dict()
-        if self.kind == "classification":
+        if self.spec.kind == "classification":
             d["labels"] = self.labels
             d["num_labels"] = len(d["labels"])
         return d
@@ -151,7 +123,7 @@ class Task:
         recipe's ``train.max_length``, else :data:`DEFAULT_MAX_LENGTH`)."""
         import dataclasses
 
-        labels = tuple(self.labels) if self.kind == "classification" else None
+        labels = tuple(self.labels) if self.spec.kind == "classification" else None
         return dataclasses.replace(
             self.spec,
             labels=labels,
@@ -171,7 +143,7 @@ class Task:
         """The file of ``split``: absolute, or relative to the data folder."""
         if split not in self.spec.files:
             raise DataError(
-                f"task {self.name!r} has no split {split!r}; its splits are {', '.join(self.spec.files)}"
+                f"task {self.spec.name!r} has no split {split!r}; its splits are {', '.join(self.spec.files)}"
             )
         p = Path(self.spec.files[split]).expanduser()
         if not p.is_absolute() and self.data_dir is not None:
@@ -189,15 +161,15 @@ class Task:
                 else "the current folder"
             )
             hint = ""
-            if self.name in BUILTIN_SPECS and self.spec.files.get(split) == BUILTIN_SPECS[
-                self.name
+            if self.spec.name in BUILTIN_SPECS and self.spec.files.get(split) == BUILTIN_SPECS[
+                self.spec.name
             ]["files"].get(split):
                 hint = (
-                    f"; the built-in task {self.name!r} expects the CS224N file "
+                    f"; the built-in task {self.spec.name!r} expects the CS224N file "
                     f"{self.spec.files[split]!r} in the data folder (data_dir=..., or files: to override)"
                 )
             raise DataError(
-                f"task {self.name!r} split {split!r}: data file not found: {p} (relative paths are under {where}){hint}"
+                f"task {self.spec.name!r} split {split!r}: data file not found: {p} (relative paths are under {where}){hint}"
             )
         return p
 
@@ -212,7 +184,7 @@ class Task:
         return table
 
     def _parse(self, split: str) -> ParseResult:
-        labels = self.labels if self.kind == "classification" else None
+        labels = self.labels if self.spec.kind == "classification" else None
         table = self._table(split)
         try:
             return parse_examples(table, self.spec, split, labels)
@@ -228,9 +200,7 @@ class Task:
         if not problems:
             return
         files = sorted({f for f, _, _ in problems})
-        head = (
-            f"task {self.name!r} split {split!r}: {len(problems)} bad row(s) in {', '.join(files)}"
-        )
+        head = f"task {self.spec.name!r} split {split!r}: {len(problems)} bad row(s) in {', '.join(files)}"
         if on_error == "raise":
             raise DataError(
                 f"{head}:\n{format_problems(problems)}\n"
@@ -303,9 +273,9 @@ class Task:
             self._report(split, result.problems, on_error)  # raises before anything is cached
             dtype = None
             if result.labelled:
-                dtype = "int64" if self.kind == "classification" else "float32"
+                dtype = "int64" if self.spec.kind == "classification" else "float32"
             data = B.tokenize_examples(
-                result.examples, tokenizer, max_length, self.encoding, dtype, result.problems
+                result.examples, tokenizer, max_length, self.spec.encoding, dtype, result.problems
             )
             if path is not None:
                 try:
@@ -333,7 +303,7 @@ class Task:
                 "max_length": max_length,
             }
         )
-        return child(cache_dir, f"{self.name}-{split}-{key}.npz")
+        return child(cache_dir, f"{self.spec.name}-{split}-{key}.npz")
 
     def _max_length(self, max_length: int | None, tokenizer: Any) -> int:
         from palbert.tasks.batching import capped_length
@@ -387,7 +357,12 @@ class Task:
         from palbert.tasks.heads import build_head
 
         return build_head(
-            self.spec.head, hidden_size, self.num_labels, self.kind, self.encoding, self.label_range
+            self.spec.head,
+            hidden_size,
+            self.num_labels,
+            self.spec.kind,
+            self.spec.encoding,
+            self.spec.label_range,
         )
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -395,7 +370,7 @@ class Task:
         on the logit difference) or mean squared error for regression."""
         import torch.nn.functional as F
 
-        if self.kind == "classification":
+        if self.spec.kind == "classification":
             return F.cross_entropy(outputs, labels.long())
         if outputs.dim() == 2 and outputs.shape[-1] == 1:
             outputs = outputs.squeeze(-1)
@@ -415,16 +390,16 @@ class Task:
         from palbert.tasks.metrics import compute_metrics
 
         if isinstance(pred_values, Mapping):
-            pred_values = pred_values["label" if self.kind == "classification" else "score"]
+            pred_values = pred_values["label" if self.spec.kind == "classification" else "score"]
         p = _numpy(pred_values)
         y = _numpy(labels)
-        if self.kind == "classification":
+        if self.spec.kind == "classification":
             if p.ndim == 2:
                 p = p.argmax(-1)
             p, y = p.astype(np.int64), y.astype(np.int64)
         else:
             p, y = p.astype(np.float64).reshape(-1), y.astype(np.float64).reshape(-1)
-        return compute_metrics(self.metrics, p, y)
+        return compute_metrics(self.spec.metrics, p, y)
 
 
 def _numpy(x: Any):
@@ -456,7 +431,7 @@ def build_task(
     ``data_dir`` (default ``$PALBERT_DATA_DIR``, else the current folder) is where relative
     file paths point; ``cache_dir`` holds tokenized splits (``False`` disables the disk cache).
 
-    >>> build_task("sts", data_dir="../shared/data/cs224n").kind      # doctest: +SKIP
+    >>> build_task("sts", data_dir="../shared/data/cs224n").spec.kind      # doctest: +SKIP
     'regression'
     """
     if isinstance(spec, TaskSpec):

@@ -20,8 +20,8 @@ def train(*args, **kwargs):
 
 
 def load_run(*args, **kwargs):
-    """See :func:`palbert.training.run.load_run`."""
-    from palbert.training.run import load_run as _load_run
+    """See :func:`palbert.training.runfolder.load_run`."""
+    from palbert.training.runfolder import load_run as _load_run
 
     return _load_run(*args, **kwargs)
 

@@ -221,12 +221,33 @@ def _jsonable(obj: Any) -> Any:
     return None  # callables (LambdaLR's lambdas) are rebuilt from the recipe
 
 
+# -- the progressive schedule's position ----------------------------------------------------
+
+PROGRESS_KEYS = ("progress_step", "progress_epoch")
+
+
+def progress_record(progress: tuple[int, int]) -> dict[str, int]:
+    """How best.safetensors' metadata and last/state.json record the (step, epoch) that the
+    progressive schedule trained the saved weights under."""
+    return dict(zip(PROGRESS_KEYS, progress, strict=True))
+
+
+def recorded_progress(record: dict[str, Any]) -> tuple[int, int] | None:
+    """The (step, epoch) of :func:`progress_record`, or None where none was recorded."""
+    if not all(k in record for k in PROGRESS_KEYS):
+        return None
+    return int(record["progress_step"]), int(record["progress_epoch"])
+
+
 __all__ = [
     "FORMAT",
     "FORMAT_KEY",
+    "PROGRESS_KEYS",
     "checkpoint_dir",
     "load_checkpoint",
+    "progress_record",
     "read_state",
+    "recorded_progress",
     "save_checkpoint",
     "saved_weights",
     "write_dir_atomically",

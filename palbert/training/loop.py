@@ -195,6 +195,16 @@ class TaskStream:
 # -- the step -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Backward:
+    """What :meth:`Trainer.backward` leaves for :meth:`Trainer.apply`, besides the gradients
+    in ``p.grad``: each task's mean loss over the window's rows on all processes, and the
+    rows of the window on this process."""
+
+    losses: dict[str, float]
+    examples: int
+
+
 @dataclass
 class StepResult:
     """What one optimizer step did: per-task mean losses (this process), examples, lr."""
@@ -204,7 +214,15 @@ class StepResult:
     lr: float
     skipped: bool = False  # fp16 overflow: the scaler skipped the update
     grad_norm: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Sweep:
+    """What the forward/backward passes of one window gather."""
+
+    losses: dict[str, float] = field(default_factory=dict)  # this process's share per task
+    snapshots: list[dict[int, torch.Tensor]] = field(default_factory=list)  # PCGrad: per task
+    bad: tuple[str, float] | None = None  # the first non-finite loss (task, value), DDP only
 
 
 class Trainer:
@@ -270,75 +288,79 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------
     def step(self, window: list[tuple[str, dict[str, Any]]]) -> StepResult:
         """Forward/backward every micro-batch of ``window``, then one optimizer step."""
-        self.backward(window)
-        return self.apply()
+        return self.apply(self.backward(window))
 
-    def backward(self, window: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
+    def backward(self, window: list[tuple[str, dict[str, Any]]]) -> Backward:
         """Gradients of the window's weighted loss in ``p.grad`` (summed over processes),
-        without stepping. Returns each task's mean loss over the window's rows on all
-        processes."""
+        without stepping; what :meth:`apply` needs besides them is returned."""
         self.model.train()
         window = [(t, to_device(b, self.device)) for t, b in window]
         order = list(dict.fromkeys(t for t, _ in window))  # tasks in first-seen order
         counts = self._global_counts(window, order)
-        self._losses: dict[str, float] = {}
-        self._examples = sum(rows(b) for _, b in window)
-        snapshots: list[dict[int, torch.Tensor]] = []
-        self._bad: tuple[str, float] | None = None
         surgery = self.use_pcgrad and len(order) > 1
-
+        sweep = _Sweep()
         if self.mixed:
-            names = list(self.model.tasks)
-            batch, labels = merge_batches(window, names, self.pad_id)
-            with autocast(self.precision, self.device):
-                outs = self.model(batch)
-                task_losses = {t: self.losses[t](outs[t], labels[t]) for t in order}
-            local = {t: rows({"labels": labels[t]}) for t in order}
-            total = None
-            for i, t in enumerate(order):
-                loss = task_losses[t]
-                self._check(t, loss)
-                share = local[t] / counts[t]
-                self._losses[t] = float(loss.detach()) * share
-                scaled = loss * (self.weights[t] * share)
-                if surgery:  # one backward per task through the shared graph
-                    self._backward(scaled, retain=i < len(order) - 1)
-                    snapshots.append(self._take_grads())
-                else:
-                    total = scaled if total is None else total + scaled
-            if total is not None:
-                self._backward(total)
+            self._mixed_backward(window, order, counts, surgery, sweep)
         else:
-            for t in order:
-                for task, b in window:
-                    if task != t:
-                        continue
-                    with autocast(self.precision, self.device):
-                        outs = self.model(b, task=t)
-                        loss = self.losses[t](outs, b["labels"])
-                    self._check(t, loss)
-                    share = rows(b) / counts[t]
-                    self._losses[t] = self._losses.get(t, 0.0) + float(loss.detach()) * share
-                    self._backward(loss * (self.weights[t] * share))
-                if surgery:
-                    snapshots.append(self._take_grads())
+            self._per_task_backward(window, order, counts, surgery, sweep)
 
+        losses = sweep.losses
         if self.world > 1:
-            self._stop_if_any_process_failed()
-            self._losses = self._summed_over_processes(self._losses, order)
+            self._stop_if_any_process_failed(sweep.bad)
+            losses = self._summed_over_processes(losses, order)
         if surgery:
             if self.world > 1:
-                for snap in snapshots:
+                for snap in sweep.snapshots:
                     self._allreduce(snap)
-            self._combine(snapshots)
+            self._combine(sweep.snapshots)
         elif self.world > 1:
             grads = {i: p.grad for i, p in enumerate(self.params) if p.grad is not None}
             for i, g in self._allreduce(grads).items():
                 self.params[i].grad = g
-        return dict(self._losses)
+        return Backward(losses, sum(rows(b) for _, b in window))
 
-    def apply(self) -> StepResult:
-        """Clip, step the optimizer (through the scaler for fp16) and the schedule."""
+    def _mixed_backward(self, window, order, counts, surgery: bool, sweep: _Sweep) -> None:
+        """The window's micro-batches as one forward pass with ``task_ids``; each task's loss
+        from its rows, weighted by its share of the task's rows on all processes."""
+        batch, labels = merge_batches(window, list(self.model.tasks), self.pad_id)
+        with autocast(self.precision, self.device):
+            outs = self.model(batch)
+            task_losses = {t: self.losses[t](outs[t], labels[t]) for t in order}
+        total = None
+        for i, t in enumerate(order):
+            loss = task_losses[t]
+            self._check(t, loss, sweep)
+            share = rows({"labels": labels[t]}) / counts[t]
+            sweep.losses[t] = float(loss.detach()) * share
+            scaled = loss * (self.weights[t] * share)
+            if surgery:  # one backward per task through the shared graph
+                self._backward(scaled, retain=i < len(order) - 1)
+                sweep.snapshots.append(self._take_grads())
+            else:
+                total = scaled if total is None else total + scaled
+        if total is not None:
+            self._backward(total)
+
+    def _per_task_backward(self, window, order, counts, surgery: bool, sweep: _Sweep) -> None:
+        """One forward and backward pass per micro-batch, task by task (PCGrad takes each
+        task's gradients once its micro-batches are done)."""
+        for t in order:
+            for task, b in window:
+                if task != t:
+                    continue
+                with autocast(self.precision, self.device):
+                    outs = self.model(b, task=t)
+                    loss = self.losses[t](outs, b["labels"])
+                self._check(t, loss, sweep)
+                share = rows(b) / counts[t]
+                sweep.losses[t] = sweep.losses.get(t, 0.0) + float(loss.detach()) * share
+                self._backward(loss * (self.weights[t] * share))
+            if surgery:
+                sweep.snapshots.append(self._take_grads())
+
+    def apply(self, done: Backward) -> StepResult:
+        """Clip, step the optimizer (through the scaler for fp16) and the schedule, on the
+        gradients that ``done`` (from :meth:`backward`) left."""
         lr = self.optimizer.param_groups[0]["lr"]
         norm = None
         skipped = False
@@ -363,7 +385,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
-        return StepResult(dict(self._losses), self._examples, lr, skipped, norm)
+        return StepResult(dict(done.losses), done.examples, lr, skipped, norm)
 
     def check_weights(self) -> None:
         """Raise :class:`NonFiniteWeights` if a trainable weight is NaN or infinite (the same
@@ -373,21 +395,21 @@ class Trainer:
             raise NonFiniteWeights(self.step_count, self.param_names[int(bad[0])])
 
     # -- helpers -----------------------------------------------------------------------
-    def _check(self, task: str, loss: torch.Tensor) -> None:
+    def _check(self, task: str, loss: torch.Tensor, sweep: _Sweep) -> None:
         if torch.isfinite(loss.detach()).all():
             return
         if self.world > 1:  # every process must stop together: decided after the window
-            self._bad = self._bad or (task, float(loss.detach().float()))
+            sweep.bad = sweep.bad or (task, float(loss.detach().float()))
             return
         self.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(task, self.step_count, float(loss.detach().float()))
 
-    def _stop_if_any_process_failed(self) -> None:
-        flag = torch.tensor([1.0 if self._bad else 0.0], device=self.device)
+    def _stop_if_any_process_failed(self, bad: tuple[str, float] | None) -> None:
+        flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0:
             self.optimizer.zero_grad(set_to_none=True)
-            task, value = self._bad or ("(on another process)", float("nan"))
+            task, value = bad or ("(on another process)", float("nan"))
             raise NonFiniteLoss(task, self.step_count, value)
 
     def _summed_over_processes(self, losses: dict[str, float], order: list[str]):
@@ -489,7 +511,7 @@ def selection_score(
     correlation, so one such task does not hide the others' progress from model selection.
     """
     if metric == "mean":
-        vals = [scores[t][tasks[t].primary_metric] for t in scores]
+        vals = [scores[t][tasks[t].spec.primary_metric] for t in scores]
         vals = [0.0 if v != v else v for v in vals]  # v != v: NaN
         return float(sum(vals) / len(vals))
     task, name = metric.split(".", 1)
@@ -499,6 +521,7 @@ def selection_score(
 
 
 __all__ = [
+    "Backward",
     "NonFinite",
     "NonFiniteGradient",
     "NonFiniteLoss",

@@ -1,0 +1,90 @@
+"""A run's log: ``metrics.jsonl`` (one JSON object per line), TensorBoard events in ``tb/``,
+written by rank 0 only. On resume, what was logged after the checkpoint is dropped, so the
+log reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from palbert.files import append_line, atomic_write_text
+
+# -- logging ------------------------------------------------------------------------------
+
+
+class RunLog:
+    """metrics.jsonl, TensorBoard and the console, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path | None, resume_step: int | None = None) -> None:
+        self.run_dir = run_dir
+        self.writer = None
+        if run_dir is None:
+            return
+        path = run_dir / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            # drop what was logged after the checkpoint we resume from
+            keep = [  # damaged lines go too (undecodable bytes make them invalid JSON)
+                line
+                for line in path.read_text("utf-8", errors="replace").splitlines()
+                if _record(line) is not None and _record(line).get("step", 0) <= resume_step
+            ]
+            atomic_write_text(path, "".join(x + "\n" for x in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+        except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
+            print("palbert: tensorboard is not installed; no tb/ events", file=sys.stderr)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(json_safe(record)))
+        if self.writer is None:
+            return
+        step = record.get("step", 0)
+        if record["type"] == "train":
+            for t, v in record["loss"].items():
+                self.writer.add_scalar(f"train/loss/{t}", v, step)
+            self.writer.add_scalar("train/lr", record["lr"], step)
+            if record.get("examples_per_s"):
+                self.writer.add_scalar("train/examples_per_s", record["examples_per_s"], step)
+        elif record["type"] == "eval":
+            for t, scores in record["scores"].items():
+                for m, v in scores.items():
+                    self.writer.add_scalar(f"dev/{t}/{m}", v, step)
+            self.writer.add_scalar("dev/score", record["score"], step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities become null, so the files are strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl record, or None for a blank, partial (a run killed mid-write) or
+    damaged line."""
+    try:
+        record = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+__all__ = ["RunLog", "json_safe"]
