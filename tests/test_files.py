@@ -31,8 +31,8 @@ WRITES = {
 }  # fmt: skip
 # where a write in place is the point, with why
 IN_PLACE = {
-    ("palbert/training/run.py", "_hold"): "the run's lock file: held open, holds only a pid",
-    ("palbert/training/run.py", "__init__"): "TensorBoard's event files (its own writer)",
+    ("palbert/training/runfolder.py", "hold"): "the run's lock file: held open, holds only a pid",
+    ("palbert/training/runlog.py", "__init__"): "TensorBoard's event files (its own writer)",
     ("palbert/cli.py", "_closed"): "/dev/null put under a closed stdout, not a file",
 }
 

@@ -153,7 +153,7 @@ class Task:
     def _check_file(self, split: str) -> Path:
         p = self.path(split)
         if p.exists() and not p.is_file():  # /dev/null, a folder: not "not found"
-            raise DataError(f"task {self.name!r} split {split!r}: {not_a_file(p)}")
+            raise DataError(f"task {self.spec.name!r} split {split!r}: {not_a_file(p)}")
         if not p.is_file():
             where = (
                 f"data folder {self.data_dir}"
