@@ -19,10 +19,12 @@ Measurements (keys of the JSON's ``results``):
   offline_vs_serve   saturated mixed three-task rows/s / PalBert.predict on the same rows
   mixed_vs_single    mixed traffic / each task alone (harmonic mean, same request size)
   many_tasks         1, 3, 16, 64 loaded tasks (copies of SST with other random PAL weights),
-                     traffic over all: rows/s against one task, RSS per added task / file size
+                     traffic over all: rows/s against one task; RSS per task added by PUT to
+                     one server / the task file's size
   batcher            16 clients of one-row requests: default batcher / --max-batch-rows 1
   per_process        3 servers of one task each (each its own encoder) / one server of 3
   peft               palbert's mixed-task forward / PEFT LoRA adapter_names= (offline)
+  compile            (with --compile) the compiled encoder / eager, offline, same batch
   latency            open-loop Poisson at 50% and 90% of saturation; 3x: 429 share, p99
 """
 
@@ -435,10 +437,15 @@ def measure_main(S, model, server: Server, rows, base) -> dict:
 
 
 def measure_many(S, model, files_by_task, backbone, rows, tmp: Path) -> dict:
-    """Servers of 1..N tasks (SST and copies of it) up side by side, turns taken in rounds."""
+    """Servers of 1..N tasks (SST and copies of it) up side by side, turns taken in rounds;
+    then memory: the 1-task server loads the N-1 copies through PUT /v1/tasks (one process,
+    one history, so its RSS before and after differ by the tasks alone)."""
     biggest = max(S.counts)
     copies = write_copies(model, "sst", biggest - 1, tmp / "copies")
     sst_file = files_by_task["sst"]
+    token = tmp / "admin-token"
+    token.write_text("bench\n")
+    admin = ["--admin-token-file", str(token), "--task-dir", str(tmp / "copies")]
     names = ["sst"] + [p.stem for p in copies]
     base = {n: "sst" for n in names}
     out: dict[str, Any] = {
@@ -448,33 +455,57 @@ def measure_many(S, model, files_by_task, backbone, rows, tmp: Path) -> dict:
     }
     with ExitStack() as stack:
         servers = {
-            n: stack.enter_context(Server([sst_file, *copies[: n - 1]], backbone)) for n in S.counts
+            n: stack.enter_context(
+                Server([sst_file, *copies[: n - 1]], backbone, admin if n == 1 else ())
+            )
+            for n in S.counts
         }
         reqs = {n: plan(names[:n], rows, base, S.request_rows, S.max_requests) for n in S.counts}
-        for n, s in servers.items():  # warm-up: every task once, then memory is read
+        for n, s in servers.items():  # warm-up: every task once
             closed_loop(
                 lambda _t, s=s: s.url, reqs[n][: max(n, 2 * S.clients)], S.clients, 60, [s.pid]
             )
-        rss = {n: rss_bytes(s.pid) for n, s in servers.items()}
         turns = {n: [] for n in S.counts}
         for _ in range(S.rounds):
             for n, s in servers.items():
                 turns[n].append(
                     closed_loop(lambda _t, s=s: s.url, reqs[n], S.clients, S.turn_s / 2, [s.pid])
                 )
-        rss_after = {n: rss_bytes(s.pid) for n, s in servers.items()}
+        out["memory"] = memory_per_task(servers[1], copies, out["task_file_bytes"])
     one = [x["rows_per_s"] for x in turns[1]]
     for n in S.counts:
         rate = [x["rows_per_s"] for x in turns[n]]
-        entry = {"rows_per_s": rate, "rss_bytes": rss[n], "rss_bytes_after": rss_after[n],
-                 "turns": turns[n]}  # fmt: skip
+        entry = {"rows_per_s": rate, "turns": turns[n]}
         if n > 1:
             entry["vs_one_task"] = paired(rate, one)
-            per_task = (rss[n] - rss[1]) / (n - 1)
-            entry["rss_per_added_task_bytes"] = per_task
-            entry["rss_per_task_over_file"] = per_task / out["task_file_bytes"]
         out["by_count"][str(n)] = entry
     return out
+
+
+def memory_per_task(server: Server, copies: list[Path], file_bytes: int) -> dict:
+    """RSS of a serving process before and after it loads ``copies`` (PUT), per task, and
+    that per task over the task file's size; then once more after traffic on all of them."""
+    import httpx
+
+    auth = {"Authorization": "Bearer bench"}
+    before = rss_bytes(server.pid)
+    with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as c:
+        for p in copies:
+            r = c.put(f"/v1/tasks/{p.stem}", json={"file": p.name}, headers=auth)
+            if r.status_code != 200:
+                raise RuntimeError(f"PUT {p.name}: {r.status_code} {r.text}")
+        after = rss_bytes(server.pid)
+        for p in copies:  # one request each: every task's PAL and head run once
+            r = c.post(f"/v1/tasks/{p.stem}/predict", json={"inputs": ["warm"]})
+            r.raise_for_status()
+    after_traffic = rss_bytes(server.pid)
+    per_task = (after - before) / len(copies)
+    return {
+        "tasks_added": len(copies), "rss_before_bytes": before, "rss_after_bytes": after,
+        "rss_after_traffic_bytes": after_traffic, "rss_per_added_task_bytes": per_task,
+        "rss_per_task_over_file": per_task / file_bytes,
+        "rss_per_task_over_file_after_traffic": (after_traffic - before) / len(copies) / file_bytes,
+    }  # fmt: skip
 
 
 def measure_batcher(S, paths, backbone, rows, base) -> dict:
@@ -529,15 +560,8 @@ def measure_peft(S, model, backbone_name: str, rows, base) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from palbert import load_backbone
-    from palbert.inference import tokenize_inputs
-    from palbert.serve.batcher import assemble
 
-    units = []
-    for task, inputs in plan(list(BASES), rows, base, S.request_rows, 3):
-        data = tokenize_inputs(model, task, inputs)
-        req = SimpleNamespace(task=task, data=data)
-        units += [SimpleNamespace(request=req, index=i) for i in range(len(inputs))]
-    batch, _ = assemble(model, units, torch.device("cpu"))
+    batch = mixed_batch(model, rows, base, S.request_rows)
     torch.manual_seed(0)
     config = LoraConfig(
         r=8, lora_alpha=16, target_modules=["query", "value"], init_lora_weights=False
@@ -568,6 +592,49 @@ def measure_peft(S, model, backbone_name: str, rows, base) -> dict:
     return {"batch_shape": shape, "palbert_s": times["palbert"], "peft_s": times["peft"],
             "note": "palbert time includes its heads; PEFT's encoder has none",
             **paired(times["peft"], times["palbert"])}  # fmt: skip
+
+
+def mixed_batch(model, rows, base, request_rows: int) -> dict:
+    """One padded batch of three requests, one of each base task (as the batcher packs it)."""
+    import torch
+
+    from palbert.inference import tokenize_inputs
+    from palbert.serve.batcher import assemble
+
+    units = []
+    for task, inputs in plan(list(BASES), rows, base, request_rows, 3):
+        req = SimpleNamespace(task=task, data=tokenize_inputs(model, task, inputs))
+        units += [SimpleNamespace(request=req, index=i) for i in range(len(inputs))]
+    return assemble(model, units, torch.device("cpu"))[0]
+
+
+def measure_compile(S, model, rows, base) -> dict:
+    """Offline, one mixed batch: ``palbert serve --compile``'s encoder against eager, turns
+    interleaved; the compile's own seconds and the largest difference of outputs beside."""
+    import copy
+
+    import torch
+
+    from palbert.serve.app import compile_encoder
+
+    batch = mixed_batch(model, rows, base, S.request_rows)
+    compiled = copy.deepcopy(model)
+    compile_encoder(compiled)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        got = compiled(batch)
+        compile_s = time.perf_counter() - t0
+        want = model(batch)
+        diff = max(float((got[k] - want[k]).abs().max()) for k in want)
+        times: dict[str, list] = {"eager": [], "compiled": []}
+        for _ in range(S.peft_turns):
+            for key, m in (("eager", model), ("compiled", compiled)):
+                t0 = time.perf_counter()
+                m(batch)
+                times[key].append(time.perf_counter() - t0)
+    return {"batch_shape": list(batch["input_ids"].shape), "compile_s": compile_s,
+            "max_abs_diff": diff, "eager_s": times["eager"], "compiled_s": times["compiled"],
+            **paired(times["eager"], times["compiled"])}  # fmt: skip
 
 
 def measure_latency(S, server: Server, saturated_rows_per_s: float, rows, base) -> dict:
@@ -663,6 +730,9 @@ def run_bench(args) -> dict:
         res["many_tasks"] = measure_many(S, model, files_by_task, backbone, rows, tmp)
         say("peft")
         res["peft"] = measure_peft(S, model, backbone_name, rows, base)
+        if args.compile:
+            say("compile")
+            res["compile"] = measure_compile(S, model, rows, base)
         result["seconds"] = time.perf_counter() - t0
         say("done")
     return result
@@ -693,23 +763,12 @@ def goal_rows(result: dict) -> list[tuple[str, str, str, str]]:
         if n == "1":
             continue
         g = "N tasks / 1 task"
-        out.append(
-            (
-                f"{n} tasks / 1 task",
-                fmt(e["vs_one_task"]),
-                ">= 0.8",
-                met(g, e["vs_one_task"]["ratio"]),
-            )
-        )
-        m = e["rss_per_task_over_file"]
-        out.append(
-            (
-                f"RSS per task / file ({n} tasks)",
-                f"{m:.2f}",
-                "<= 1.2",
-                met("RSS per task / file", m),
-            )
-        )
+        out.append((f"{n} tasks / 1 task", fmt(e["vs_one_task"]), ">= 0.8",
+                    met(g, e["vs_one_task"]["ratio"])))  # fmt: skip
+    mem = r["many_tasks"]["memory"]
+    m = mem["rss_per_task_over_file"]
+    out.append((f"RSS per added task / file ({mem['tasks_added']} added)", f"{m:.2f}", "<= 1.2",
+                met("RSS per task / file", m)))  # fmt: skip
     b = r["batcher"]
     out.append(
         (
@@ -723,6 +782,10 @@ def goal_rows(result: dict) -> list[tuple[str, str, str, str]]:
     out.append(("one server / 3 processes (rows/s)", fmt(p), "-", "-"))
     out.append(("3 processes / one server (RSS)", f"{p['rss_ratio']:.2f}", "-", "-"))
     out.append(("palbert mixed / PEFT adapter_names (speed)", fmt(r["peft"]), "-", "-"))
+    if "compile" in r:
+        c = r["compile"]
+        out.append((f"--compile / eager (speed; compile {c['compile_s']:.0f} s, max diff "
+                    f"{c['max_abs_diff']:.0e})", fmt(c), "-", "-"))  # fmt: skip
     lat = r["latency"]
     for key, label in (("at_50", "50%"), ("at_90", "90%")):
         x = lat[key]
@@ -775,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="every measurement tiny (~1-2 min)")
     parser.add_argument("--counts", type=int, nargs="+", help="loaded-task counts (1 is added)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time palbert serve --compile's encoder against eager (offline)")  # fmt: skip
     parser.add_argument("--note", default="NOT run alone on the machine",
                         help='say "run alone on the machine" when it was')  # fmt: skip
     parser.add_argument("--out", type=Path, help="default bench/results/serve-<UTC stamp>.json")
