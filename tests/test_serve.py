@@ -166,7 +166,7 @@ BAD = [
     ("/v1/tasks/sst/predict", {"inputs": ["ok", ["a", "b"]]}, 422, "inputs.1: task 'sst' takes single"),
     ("/v1/tasks/quora/predict", {"inputs": ["one"]}, 422, "inputs.0: task 'quora' takes sentence pairs"),
     ("/v1/tasks/sts/predict", {"inputs": [["a", "b", "c"]]}, 422, "inputs.0"),
-    ("/v1/tasks/sts/predict", {"inputs": [["a cat", " "]]}, 422, "inputs.0: empty or whitespace-only"),
+    ("/v1/tasks/sts/predict", {"inputs": [["a cat", " "]]}, 422, "inputs.0 (its second text): empty or whitespace-only"),
     ("/v1/tasks/sst/predict", b'{"inputs": ["ok", "a \\ud800 b"]}', 422, "inputs.1: not valid Unicode (a lone surrogate U+D800"),
     ("/v1/tasks/nope/predict", {"inputs": ["x"]}, 404, "no task 'nope'"),
     ("/v1/predict", {"requests": [{"task": "sst", "inputs": ["x"]}, {"task": "nope", "inputs": ["x"]}]}, 404, "no task 'nope'"),
