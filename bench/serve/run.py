@@ -438,8 +438,9 @@ def measure_main(S, model, server: Server, rows, base) -> dict:
 
 def measure_many(S, model, files_by_task, backbone, rows, tmp: Path) -> dict:
     """Servers of 1..N tasks (SST and copies of it) up side by side, turns taken in rounds;
-    then memory: the 1-task server loads the N-1 copies through PUT /v1/tasks (one process,
-    one history, so its RSS before and after differ by the tasks alone)."""
+    then memory: a fresh 1-task server (no traffic yet, whose freed memory new tasks would
+    reuse) loads the N-1 copies through PUT /v1/tasks: one process, one history, so its RSS
+    before and after differ by the tasks alone."""
     biggest = max(S.counts)
     copies = write_copies(model, "sst", biggest - 1, tmp / "copies")
     sst_file = files_by_task["sst"]
@@ -455,10 +456,7 @@ def measure_many(S, model, files_by_task, backbone, rows, tmp: Path) -> dict:
     }
     with ExitStack() as stack:
         servers = {
-            n: stack.enter_context(
-                Server([sst_file, *copies[: n - 1]], backbone, admin if n == 1 else ())
-            )
-            for n in S.counts
+            n: stack.enter_context(Server([sst_file, *copies[: n - 1]], backbone)) for n in S.counts
         }
         reqs = {n: plan(names[:n], rows, base, S.request_rows, S.max_requests) for n in S.counts}
         for n, s in servers.items():  # warm-up: every task once
@@ -471,7 +469,8 @@ def measure_many(S, model, files_by_task, backbone, rows, tmp: Path) -> dict:
                 turns[n].append(
                     closed_loop(lambda _t, s=s: s.url, reqs[n], S.clients, S.turn_s / 2, [s.pid])
                 )
-        out["memory"] = memory_per_task(servers[1], copies, out["task_file_bytes"])
+    with Server([sst_file], backbone, admin) as fresh:
+        out["memory"] = memory_per_task(fresh, copies, out["task_file_bytes"])
     one = [x["rows_per_s"] for x in turns[1]]
     for n in S.counts:
         rate = [x["rows_per_s"] for x in turns[n]]
