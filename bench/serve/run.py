@@ -607,17 +607,15 @@ def mixed_batch(model, rows, base, request_rows: int) -> dict:
     return assemble(model, units, torch.device("cpu"))[0]
 
 
-def measure_compile(S, model, rows, base) -> dict:
+def measure_compile(S, model, paths, backbone, rows, base) -> dict:
     """Offline, one mixed batch: ``palbert serve --compile``'s encoder against eager, turns
     interleaved; the compile's own seconds and the largest difference of outputs beside."""
-    import copy
-
     import torch
 
     from palbert.serve.app import compile_encoder
 
     batch = mixed_batch(model, rows, base, S.request_rows)
-    compiled = copy.deepcopy(model)
+    compiled = load_model(paths, backbone).eval()  # a second copy (a model holds thread-locals)
     compile_encoder(compiled)
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -731,7 +729,7 @@ def run_bench(args) -> dict:
         res["peft"] = measure_peft(S, model, backbone_name, rows, base)
         if args.compile:
             say("compile")
-            res["compile"] = measure_compile(S, model, rows, base)
+            res["compile"] = measure_compile(S, model, paths, backbone, rows, base)
         result["seconds"] = time.perf_counter() - t0
         say("done")
     return result
