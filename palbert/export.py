@@ -56,7 +56,7 @@ from palbert.recipe import DEFAULT_OUTPUT_DIR
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
 from palbert.tasks.predictions import OUTPUT_FORMATS
-from palbert.tasks.spec import INPUT_FORMATS
+from palbert.tasks.spec import INPUT_FORMATS, no_such_task
 from palbert.training.runfolder import RunFolderError, is_run_dir, load_run, newest_run
 
 
@@ -141,7 +141,7 @@ def export_run(
     names = list(tasks) if task == "all" else [task]
     unknown = [n for n in names if n not in tasks or n not in model.heads]
     if unknown:
-        raise ExportError(f"run {run_dir} has no task {unknown[0]!r}; its tasks: {list(tasks)}")
+        raise ExportError(no_such_task(unknown[0], tasks, f" in run {run_dir}"))
     folder = _out_folder(out if out is not None else default_out(run_dir))
     # a task added later on an exported fine-tuned encoder needs that encoder, as the
     # encoder's own tasks do: eval/predict then find it in the backbone/ folder beside them
@@ -403,7 +403,7 @@ def _open(args: argparse.Namespace):
     if args.task:
         missing = [t for t in args.task if t not in tasks]
         if missing:
-            raise ExportError(f"no task {missing[0]!r}; tasks: {list(tasks)}")
+            raise ExportError(no_such_task(missing[0], tasks))
         tasks = {t: tasks[t] for t in args.task}
     return model, tasks
 

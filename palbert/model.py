@@ -54,7 +54,7 @@ from palbert.taskfile import (
 )
 from palbert.tasks.batching import SIDES
 from palbert.tasks.heads import build_head
-from palbert.tasks.spec import TaskSpec
+from palbert.tasks.spec import TaskSpec, no_such_task
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class PalBert(nn.Module):
     def task(self, name: str) -> TaskRecord:
         """Everything the model holds for task ``name``."""
         if name not in self._records:
-            raise KeyError(f"no task {name!r}; tasks: {self.tasks}")
+            raise KeyError(no_such_task(name, self.tasks))
         return self._records[name]
 
     @property

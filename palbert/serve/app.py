@@ -40,6 +40,7 @@ from palbert.inference import InputError, check_input, tokenize_inputs
 from palbert.serve.batcher import Batcher, BatchLimits, Closed, QueueFull, Unit, assemble
 from palbert.serve.batcher import Request as Job
 from palbert.serve.metrics import MULTI, UNKNOWN, Metrics
+from palbert.tasks.spec import no_such_task
 
 log = logging.getLogger("palbert.serve")
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -225,7 +226,7 @@ def _served(state: State, task: str) -> Served:
     if served is None:
         raise state.reject(
             "unknown_task",
-            ServeError(404, "unknown_task", f"no task {task!r}; tasks: {sorted(state.tasks)}"),
+            ServeError(404, "unknown_task", no_such_task(task, sorted(state.tasks))),
         )
     return served
 

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import math
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -422,6 +423,12 @@ def unknown_task(name: Any, extends: bool = False) -> str:
     what = f"{name!r} is not a built-in task" if extends else f"unknown task {name!r}"
     instead = "" if extends else "; define others as a mapping (name, kind, text, label, files)"
     return f"{what}{_did_you_mean(name)}; built-in tasks are {', '.join(BUILTIN_SPECS)}{instead}"
+
+
+def no_such_task(name: Any, names: Iterable[str], where: str = "") -> str:
+    """The one wording of a task name that a model, a run or a server does not hold
+    (``where`` says which, e.g. " in run R"), with the names it does."""
+    return f"no task {name!r}{where}; tasks: {', '.join(names) or 'none'}"
 
 
 def _cs224n_files(prefix: str, test: bool = True) -> dict[str, str]:
