@@ -50,14 +50,21 @@ from palbert.files import (
     write_files_into,
 )
 from palbert.inference import evaluate, run_split
-from palbert.integrity import IntegrityError, metadata, read_header, write_sealed
+from palbert.integrity import IntegrityError, metadata, write_sealed
 from palbert.model import PalBert
 from palbert.recipe import DEFAULT_OUTPUT_DIR
 from palbert.taskfile import DTYPES, TaskFileError, read_task_file
 from palbert.tasks import DataError, build_task, write_predictions
 from palbert.tasks.predictions import OUTPUT_FORMATS
 from palbert.tasks.spec import INPUT_FORMATS, no_such_task
-from palbert.training.runfolder import RunFolderError, is_run_dir, load_run, newest_run
+from palbert.training.runfolder import (
+    RunFolderError,
+    is_run_dir,
+    load_run,
+    newest_run,
+    trained_backbone,
+    unfinished,
+)
 
 
 class ExportError(RuntimeError):
@@ -65,37 +72,6 @@ class ExportError(RuntimeError):
 
 
 # -- run folders --------------------------------------------------------------------------
-
-
-def unfinished(run_dir: str | Path) -> str | None:
-    """What to tell about exporting a run that has not finished (no ``COMPLETE``): the step
-    of its best weights out of the run's length. None for a finished run."""
-    run_dir = Path(run_dir)
-    if (run_dir / "COMPLETE").is_file():
-        return None
-    try:
-        meta = metadata(run_dir / "best.safetensors")
-    except IntegrityError:
-        meta = {}  # load_run refuses it, naming the damage
-    step, total = meta.get("step"), meta.get("total_steps")  # older runs lack the total
-    when = f"step {step}" + (f" of {total}" if total else "") if step else "before its end"
-    return (
-        f"{run_dir} is unfinished (no COMPLETE): its weights are from {when}; "
-        f"finish it with `palbert train RECIPE --resume {run_dir}` for the full run"
-    )
-
-
-def trained_backbone(run_dir: str | Path) -> bool:
-    """Whether the run's ``best.safetensors`` holds the encoder (train mode full).
-
-    Reads the header only; :func:`load_run` checks the whole file against its hash.
-    """
-    path = Path(run_dir) / "best.safetensors"
-    try:
-        _, header = read_header(path)
-    except IntegrityError as e:
-        raise ExportError(str(e)) from None
-    return any(k.startswith("backbone.") for k in header if k != "__metadata__")
 
 
 def exported_encoder(source: str | Path) -> bool:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from palbert.files import atomic_write_text, remove_temporaries
-from palbert.integrity import read_sealed, write_sealed
+from palbert.integrity import IntegrityError, metadata, read_header, read_sealed, write_sealed
 from palbert.model import PalBert
 from palbert.recipe import DEFAULT_OUTPUT_DIR, Recipe, load_recipe
 from palbert.training.checkpoint import (
@@ -211,6 +211,37 @@ def save_best(run_dir: Path, model: PalBert, record: dict[str, Any]) -> None:
 # -- reading a run back -------------------------------------------------------------------
 
 
+def unfinished(run_dir: str | Path) -> str | None:
+    """What to tell about exporting a run that has not finished (no ``COMPLETE``): the step
+    of its best weights out of the run's length. None for a finished run."""
+    run_dir = Path(run_dir)
+    if is_complete(run_dir):
+        return None
+    try:
+        meta = metadata(run_dir / "best.safetensors")
+    except IntegrityError:
+        meta = {}  # load_run refuses it, naming the damage
+    step, total = meta.get("step"), meta.get("total_steps")  # older runs lack the total
+    when = f"step {step}" + (f" of {total}" if total else "") if step else "before its end"
+    return (
+        f"{run_dir} is unfinished (no COMPLETE): its weights are from {when}; "
+        f"finish it with `palbert train RECIPE --resume {run_dir}` for the full run"
+    )
+
+
+def trained_backbone(run_dir: str | Path) -> bool:
+    """Whether the run's ``best.safetensors`` holds the encoder (train mode full).
+
+    Reads the header only; :func:`load_run` checks the whole file against its hash.
+    """
+    path = Path(run_dir) / "best.safetensors"
+    try:
+        _, header = read_header(path)
+    except IntegrityError as e:
+        raise RunFolderError(str(e)) from None
+    return any(k.startswith("backbone.") for k in header if k != "__metadata__")
+
+
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[PalBert, dict[str, Any], Recipe]:
     """Rebuild a run's model from its recipe.yaml and load its weights (safetensors only).
 
@@ -266,4 +297,6 @@ __all__ = [
     "newest_run",
     "save_best",
     "to_resume",
+    "trained_backbone",
+    "unfinished",
 ]
