@@ -584,6 +584,12 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
             "source": ctx.lr_source,
         },
         "split": "validation" if ctx.tune else "dev",
+        # a sweep trial's validation rows: this share of each training file, this seed
+        **(
+            {"validation_split": {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}}
+            if ctx.tune
+            else {}
+        ),
         "command": ctx.command,
     }
     t0, c0 = time.perf_counter(), cpu_seconds()
