@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench.accuracy import report, run
-from bench.accuracy.rows import ROWS, get_row
+from bench.accuracy.rows import ROWS, get_row, result_lr
 
 # MiniLM (H=384, 6 layers): a PAL with d_pal=102 and shared V^E/V^D, and LoRA r=8 on query
 # and value (A: 8x384, B: 384x8, no bias) in every layer
@@ -296,6 +296,12 @@ def test_the_docs_accuracy_table_is_what_table_prints_from_the_committed_results
     in results/, other seeds in results/seed-S/): regenerate it when a seed is added."""
     docs = (run.ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     assert report.table(run.RESULTS) in docs
+    # every committed result says (or its saved recipe says) the learning rate it ran with,
+    # one of its row's sweep values, so --skip-done and the table can tell rates apart
+    for path in sorted(run.RESULTS.rglob("*.json")):
+        r = json.loads(path.read_text())
+        if r.get("row") in ROWS and r.get("status") == "ok" and r.get("split", "dev") == "dev":
+            assert result_lr(r) in ROWS[r["row"]].sweep.values, path
 
 
 # -- the learning-rate sweep on a validation split carved from the training files ----------
