@@ -1,7 +1,7 @@
 """The ``palbert`` command: a thin layer over the library.
 
 palbert train recipes/quickstart.yaml [key.sub=value ...] [--resume]
-palbert export [RUN_DIR] --task sts [--out FILE] [--dtype float16]
+palbert export [RUN_DIR] --task sts [--out DIR] [--dtype float16]
 palbert eval / predict ...
 palbert serve TASKS_DIR [--port 8000]
 palbert plot RUN_DIR
@@ -88,6 +88,21 @@ class _Output:
         return getattr(self._stream, name)
 
 
+def _known_errors() -> tuple[type[Exception], ...]:
+    """palbert's errors about what a user gave it (files, recipes, options): each is one line
+    at the prompt, whichever command raised it."""
+    from palbert.devices import DeviceError
+    from palbert.export import ExportError
+    from palbert.inference import InputError
+    from palbert.integrity import IntegrityError
+    from palbert.taskfile import TaskFileError
+    from palbert.training.runfolder import RunFolderError
+    from palbert.validate import ConfigError
+
+    return (ConfigError, DeviceError, ExportError, InputError, IntegrityError, TaskFileError,
+            RunFolderError)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. Known errors print one line (2); Ctrl-C prints one
     line (130); a closed stdout is not an error."""
@@ -98,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from palbert.backbones import BackboneError
 
+    known = _known_errors()
     stdout = sys.stdout
     try:
         sys.stdout.fileno()
@@ -110,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BackboneError as e:
         print(f"palbert: error: {e}", file=sys.stderr)
+        return 2
+    except known as e:  # a command's own handler missed it: still one line, never a traceback
+        print(f"palbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # whatever was being written is whole or absent (palbert.files)
         print(f"\npalbert {args.command}: interrupted", file=sys.stderr)

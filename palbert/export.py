@@ -349,6 +349,8 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 def _run_arg(args: argparse.Namespace) -> Path:
     if args.run_dir is not None:
+        if not is_run_dir(args.run_dir):
+            raise ExportError(f"{args.run_dir} is not a run folder (no best.safetensors)")
         return Path(args.run_dir)
     run = newest_run(args.checkpoints)
     print(f"using run {run} (the newest complete run under {args.checkpoints}/)")

@@ -314,7 +314,8 @@ def check_backbone(
             "force=True (--force) to load it anyway"
         )
     want_tok = tf.backbone.get("tokenizer")
-    if want_tok is not None and tokenizer is not None and want_tok != (mine := tokenizer()):
+    mine = tokenizer() if want_tok is not None and tokenizer is not None else None
+    if mine is not None and want_tok != mine:  # None: this encoder has no fitting tokenizer
         raise TaskFileError(
             f"task file {tf.path} was trained with a tokenizer of fingerprint {want_tok}, but "
             f"this model's backbone {name!r} tokenizes differently (fingerprint {mine}): its "

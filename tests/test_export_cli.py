@@ -632,3 +632,18 @@ def test_a_closed_stdout_ends_cleanly_after_all_the_work(tiny_full_run, tmp_path
         "sent.safetensors",
         "sim.safetensors",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["export", "/no/such/run", "--task", "all"], "/no/such/run is not a run folder"),
+        (["params", "--tasks", "foo"], "unknown task 'foo'"),
+    ],
+)
+def test_a_bad_argument_is_one_line_not_a_traceback(argv, words, capsys):
+    from palbert.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

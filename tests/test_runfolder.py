@@ -3,6 +3,7 @@ predict) and the newest resumable run of a recipe (``palbert train --resume``)."
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,3 +66,20 @@ def test_resume_finds_the_newest_unfinished_run_of_that_recipe_only(tmp_path):
     assert find_resumable(sst) == newest
     with pytest.raises(RunFolderError, match="no unfinished run of 'sst-multi-2'"):
         find_resumable(SimpleNamespace(name="sst-multi-2", output_dir=str(tmp_path)))
+
+
+def test_a_symlink_planted_at_the_lock_is_refused_not_written_through(tmp_path):
+    from palbert.training.runfolder import hold
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lock").symlink_to(target)
+    with pytest.raises(OSError):
+        hold(run)
+    assert target.read_text() == "keep me\n"
+    (run / "lock").unlink()
+    fh = hold(run)  # a plain lock file: held, holding our pid
+    assert fh is not None and (run / "lock").read_text().strip() == str(os.getpid())
+    fh.close()

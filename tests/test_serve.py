@@ -343,8 +343,9 @@ def test_pack_starts_with_the_oldest_and_fills_by_length_under_the_budget():
     assert pack([100, 5, 5], [1, 1, 1], 100, 64)[0][0] == 0
 
 
-def test_draining_answers_503_and_finishes_what_was_admitted(files):
-    """In process, the batcher paused, so the drain is caught in the middle."""
+def in_process(model):
+    """An app on uvicorn in a thread of this process (its state reachable, so a test can
+    pause the batcher): (state, server, url, thread)."""
     import asyncio
 
     import uvicorn
@@ -352,7 +353,6 @@ def test_draining_answers_503_and_finishes_what_was_admitted(files):
     from palbert.serve import create_app
     from palbert.serve.cli import Draining
 
-    model = four_tasks("transformers")
     app = create_app(model)
     state = app.state.palbert
     server = Draining(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
@@ -364,6 +364,13 @@ def test_draining_answers_503_and_finishes_what_was_admitted(files):
             break
         time.sleep(0.05)
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    return state, server, url, thread
+
+
+def test_draining_answers_503_and_finishes_what_was_admitted(files):
+    """In process, the batcher paused, so the drain is caught in the middle."""
+    model = four_tasks("transformers")
+    state, server, url, thread = in_process(model)
     state.batcher.hold.clear()
     first: dict = {}
     t = threading.Thread(
@@ -420,3 +427,28 @@ def test_a_restart_after_sigkill_serves_the_same_answers(files):
         close(y["predictions"], x["predictions"], x["task"])
         close(x["predictions"], files["want"][x["task"]], x["task"])
     assert snapshot(files["served"]) == before
+
+
+def test_a_client_that_leaves_has_its_rows_dropped_before_they_are_computed():
+    """The batcher paused, a client gives up on its three rows: they leave the queue
+    uncomputed (counted as dropped, the queue empty), and the next request is answered."""
+    state, server, url, thread = in_process(four_tasks("transformers"))
+    try:
+        state.batcher.hold.clear()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/tasks/sst/predict", json={"inputs": SENT}, timeout=1.0)
+        for _ in range(200):  # bounded: 10 s, until the server has seen the disconnect
+            if "palbert_dropped_rows_total 3.0" in httpx.get(f"{url}/metrics").text:
+                break
+            time.sleep(0.05)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "palbert_dropped_rows_total 3.0" in metrics and state.batcher.depth == 0
+        assert "palbert_batch_rows_count 0.0" in metrics  # nothing was computed
+        state.batcher.hold.set()
+        r = httpx.post(f"{url}/v1/tasks/sst/predict", json={"inputs": SENT[:1]}, timeout=60)
+        assert r.status_code == 200
+        assert "palbert_batch_rows_sum 1.0" in httpx.get(f"{url}/metrics").text
+    finally:
+        state.batcher.hold.set()
+        server.handle_exit(signal.SIGTERM, None)
+        thread.join(60)

@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     from palbert.devices import parse_device
     from palbert.export import model_for_files, task_files
 
+    device = parse_device(args.device, "--device")  # before any file is loaded
     files = task_files(args.paths)
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -52,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     model = model_for_files(files, args.backbone, args.impl, say=_say)
     for f in files:
         model.load_task(f, force=args.force)  # a misfit is refused here, naming the file
-    model.to(parse_device(args.device, "--device"))
+    model.to(device)
     if args.compile:
         compile_encoder(model)  # compiled by the warm-up forward, before the ready line
     config = ServeConfig(

@@ -169,7 +169,9 @@ def hold(run_dir: Path) -> IO[str] | None:
         import fcntl
     except ImportError:  # Windows
         return None
-    fh = open(run_dir / "lock", "a+", encoding="utf-8")  # noqa: SIM115 (held until the end)
+    # O_NOFOLLOW: a symlink planted at lock is refused, not truncated through (issue 23)
+    fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fh = os.fdopen(fd, "r+", encoding="utf-8")  # held open until the run ends
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
