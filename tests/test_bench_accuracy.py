@@ -413,6 +413,12 @@ def test_sweep_runs_every_trial_on_the_carve_and_later_runs_use_the_choice(tmp_p
     held = (tmp_path / "runs" / "validation-data" / "sts-dev.csv").read_text().splitlines()
     train = (tmp_path / "data" / "sts-train.csv").read_text().splitlines()
     assert len(held) == 21 and set(held) <= set(train)
+    # trials of another budget do not make a choice
+    stale = json.loads((tmp_path / "res" / "sweep" / "choice.json").read_text())
+    monkeypatch.setattr(run, "child", lambda argv: 1)  # every trial of budget 300 fails
+    assert run.main(["sweep", "--only", "pal-full", "--budget", "300", *common]) == 1
+    assert json.loads((tmp_path / "res" / "sweep" / "choice.json").read_text()) == stale
+    monkeypatch.setattr(run, "child", fake_child)
     # --skip-done runs no trial twice
     calls.clear()
     assert run.main(["sweep", "--only", "pal-full,pal-frozen", "--skip-done", *common]) == 0

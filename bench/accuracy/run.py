@@ -1016,22 +1016,19 @@ def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done
     choices = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
     for name in names:
         row = get_row(name)
-        trials = {}
-        for lr in row.sweep.values:
-            f = ctx.results / result_name(row, dataclasses.replace(ctx, lr=lr))
-            if f.is_file():
-                trials[lr] = json.loads(f.read_text())
-        if len(trials) == len(row.sweep.values) and all(
-            t["status"] == "ok" for t in trials.values()
-        ):
+        files = {
+            lr: ctx.results / result_name(row, dataclasses.replace(ctx, lr=lr))
+            for lr in row.sweep.values
+        }
+        # a row is chosen only when every trial finished with this budget, seed, tasks and
+        # carve (a trial left from another budget does not count)
+        if all(done(f, dataclasses.replace(ctx, lr=lr), lr) for lr, f in files.items()):
+            trials = {lr: json.loads(f.read_text()) for lr, f in files.items()}
             choices["rows"][name] = {
                 **choose(row, trials, default_lr(row, ctx)),
                 "seed": ctx.seed,
                 "budget": ctx.budget,
-                "trials": [
-                    str(ctx.results / result_name(row, dataclasses.replace(ctx, lr=v)))
-                    for v in row.sweep.values
-                ],
+                "trials": [str(f) for f in files.values()],
             }
     choices["validation"] = {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}
     write_json(path, choices)
