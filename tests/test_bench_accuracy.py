@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench.accuracy import report, run
-from bench.accuracy.rows import ROWS, get_row
+from bench.accuracy.rows import ROWS, get_row, result_lr
 
 # MiniLM (H=384, 6 layers): a PAL with d_pal=102 and shared V^E/V^D, and LoRA r=8 on query
 # and value (A: 8x384, B: 384x8, no bias) in every layer
@@ -95,6 +95,9 @@ def test_all_skips_only_rows_done_with_the_same_budget_seed_and_tasks(tmp_path):
         run.write_json(path, {**result, key: value})
         assert not run.done(path, ctx), key
     assert not run.done(path, _ctx(tmp_path, budget=300))
+    # with a learning rate to match (the sweep's choice): a result at another one is not done
+    run.write_json(path, {**result, "tuning": {"value": 5e-5}})
+    assert run.done(path, ctx, 5e-5) and not run.done(path, ctx, 1e-4)
 
 
 @pytest.mark.data
@@ -201,3 +204,263 @@ def test_other_seeds_go_to_their_own_folder_and_all_runs_each_seed(tmp_path, mon
         ["all", "--skip-done", "--results", str(tmp_path), "--seed", "1"],
         ["all", "--skip-done", "--results", str(tmp_path), "--seed", "2"],
     ]
+
+
+# -- seeds: mean, sample standard deviation and number over results/ and results/seed-S/ --
+
+
+def _result(row, seed, primary, lr=None, status="ok", examples=(100, 200, 80)):
+    tasks = ["sst", "quora", "sts"]
+    r = {
+        "row": row,
+        "status": status,
+        "seed": seed,
+        "tasks": tasks,
+        "budget": {"micro_batches": 600, "batch_size": 32},
+        "torch": "2.13.0+cpu",
+        "machine": {"cpus": 2, "platform": "Linux"},
+        "tuning": {
+            "param": ROWS[row].sweep.param,
+            "value": lr or run.default_lr(ROWS[row], _ctx(None)),
+        },
+    }
+    if status != "ok":
+        return {**r, "error": "Traceback ...\nRuntimeError: out of memory"}
+    return {
+        **r,
+        "dev_primary": dict(zip(tasks, primary, strict=True)),
+        "dev_mean": sum(primary) / 3,
+        "examples_per_task": dict(zip(tasks, examples, strict=True)),
+        "cpu_s": 600.0 * (seed + 1),
+        "wall_s": 300.0,
+        "params": {
+            "encoder": 100,
+            "trainable_per_task": {t: 150 for t in tasks},
+            "stored_multiple": 1.5,
+        },
+    }
+
+
+def test_table_shows_mean_sample_sd_and_seeds_over_the_seed_folders(tmp_path):
+    import numpy as np
+
+    pal = {0: (0.44, 0.81, 0.87), 1: (0.46, 0.80, 0.88), 2: (0.45, 0.83, 0.86)}
+    for seed, primary in pal.items():
+        folder = run.seed_results(tmp_path, seed)
+        run.write_json(folder / "pal-full.json", _result("pal-full", seed, primary))
+    run.write_json(tmp_path / "separate.json", _result("separate", 0, (0.40, 0.70, 0.80)))
+    run.write_json(tmp_path / "peft-lora.json", _result("peft-lora", 0, (0.42, 0.79, 0.85)))
+    run.write_json(tmp_path / "seed-1" / "peft-lora.json", _result("peft-lora", 1, (), status="x"))
+
+    groups = {g["row"]: g for g in report.summary(tmp_path)}
+    g = groups["pal-full"]
+    assert g["n"] == 3 and g["seeds"] == [0, 1, 2]
+    means = [sum(p) / 3 for p in pal.values()]
+    assert g["per_seed"]["dev_mean"] == dict(zip([0, 1, 2], means, strict=True))
+    assert g["mean"]["dev_mean"] == pytest.approx(np.mean(means))
+    assert g["sd"]["dev_mean"] == pytest.approx(np.std(means, ddof=1))  # sample sd
+    sst = [p[0] for p in pal.values()]
+    assert g["sd"]["sst"] == pytest.approx(np.std(sst, ddof=1))
+    assert groups["separate"]["n"] == 1 and groups["separate"]["sd"]["dev_mean"] is None
+    assert groups["peft-lora"]["n"] == 1 and list(groups["peft-lora"]["failed"]) == [1]
+
+    text = report.table(tmp_path)
+    lines = text.splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = {x.split("`")[1]: [c.strip() for c in x.strip("|").split("|")] for x in lines[2:5]}
+    pal_cells = dict(zip(head, cells["pal-full"], strict=True))
+    assert pal_cells["SST acc"] == f"{np.mean(sst):.3f} ± {np.std(sst, ddof=1):.3f}"
+    dev = f"{np.mean(means):.4f} ± {np.std(means, ddof=1):.4f}"
+    assert pal_cells["dev mean"] == f"**{dev}**"  # the best mean, in bold
+    assert pal_cells["seeds"] == "3" and pal_cells["CPU min (wall)"] == "20.0 (5.0)"
+    one = dict(zip(head, cells["separate"], strict=True))  # one seed: its value, no spread
+    assert one["seeds"] == "1" and one["SST acc"] == "0.400" and "±" not in "".join(one.values())
+    assert "seeds 0, 1, 2" in text
+    assert "`peft-lora` seed 1 did not run: RuntimeError: out of memory" in text
+
+    # seeds that ran at another learning rate are not averaged with the others
+    run.write_json(
+        tmp_path / "seed-2" / "separate.json", _result("separate", 2, (0.5,) * 3, lr=1e-4)
+    )
+    labels = [x.split("|")[1].strip() for x in report.table(tmp_path).splitlines()[2:6]]
+    assert labels[1:3] == ["`separate` (optimizer.lr 5e-05)", "`separate` (optimizer.lr 0.0001)"]
+
+    # a JSON in the wrong seed's folder is refused, naming it
+    run.write_json(tmp_path / "seed-1" / "separate.json", _result("separate", 2, (0.5,) * 3))
+    with pytest.raises(SystemExit, match=r"seed-1/separate.json: seed 2"):
+        report.table(tmp_path)
+
+
+def test_the_docs_accuracy_table_is_what_table_prints_from_the_committed_results():
+    """docs/benchmarks.md's accuracy table is `run.py table` over the committed JSONs (seed 0
+    in results/, other seeds in results/seed-S/): regenerate it when a seed is added."""
+    docs = (run.ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert report.table(run.RESULTS) in docs
+    # every committed result says (or its saved recipe says) the learning rate it ran with,
+    # one of its row's sweep values, so --skip-done and the table can tell rates apart
+    for path in sorted(run.RESULTS.rglob("*.json")):
+        r = json.loads(path.read_text())
+        if r.get("row") in ROWS and r.get("status") == "ok" and r.get("split", "dev") == "dev":
+            assert result_lr(r) in ROWS[r["row"]].sweep.values, path
+
+
+# -- the learning-rate sweep on a validation split carved from the training files ----------
+
+
+def _data(folder, rows=200):
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for task, (train, dev) in {
+        "sst": ("ids-sst-train.csv", "ids-sst-dev.csv"),
+        "quora": ("quora-train.csv", "quora-dev.csv"),
+        "sts": ("sts-train.csv", "sts-dev.csv"),
+    }.items():
+        lines = [f"{i}\tid{task}{i}\ttext {i}\t{i % 5}" for i in range(rows)]
+        # the last row without a line break still becomes a row of its own
+        (folder / train).write_text("\tid\tsentence\tsentiment\n" + "\n".join(lines))
+        files[task] = (train, dev)
+    return files
+
+
+def test_the_validation_carve_is_fixed_disjoint_and_covers_the_training_file(tmp_path):
+    files = _data(tmp_path / "src")  # no dev file there: the carve must not need one
+    info = run.carve(tmp_path / "src", tmp_path / "a", files)
+    run.carve(tmp_path / "src", tmp_path / "b", files)
+    for task, (train, dev) in files.items():
+        src = (tmp_path / "src" / train).read_text().splitlines()
+        kept = (tmp_path / "a" / train).read_text().splitlines()
+        held = (tmp_path / "a" / dev).read_text().splitlines()
+        assert kept[0] == held[0] == src[0]  # the header on both
+        assert sorted(kept[1:] + held[1:]) == sorted(src[1:])  # disjoint, covers the file
+        assert len(held) - 1 == 20 == info[task]["validation_rows"]  # 10% of 200
+        for name in (train, dev):  # a fixed seed: the same carve every time
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # each file is carved with its own draw (not the same row numbers in every task)
+    held_ids = {
+        t: [x.split("\t")[0] for x in (tmp_path / "a" / d).read_text().splitlines()[1:]]
+        for t, (_, d) in files.items()
+    }
+    assert held_ids["sst"] != held_ids["quora"]
+
+
+def test_every_row_sweeps_three_values_of_its_main_learning_rate_including_todays(tmp_path):
+    plan = run.sweep_plan(list(ROWS))
+    assert len(plan) == 3 * len(ROWS)
+    for name, row in ROWS.items():
+        values = [v for n, v in plan if n == name]
+        assert len(set(values)) == 3
+        raw = run.row_raw(row, _ctx(tmp_path))
+        frozen = raw["train"]["mode"] == "frozen"
+        # frozen rows tune the task-module lr, rows that fine-tune the encoder its lr
+        assert row.sweep.param == ("optimizer.task_lr" if frozen else "optimizer.lr"), name
+        assert run.default_lr(row, _ctx(tmp_path)) in values, name  # today's value is a trial
+
+
+def _trial(row, lr, mean, split="validation"):
+    r = {"row": row, "status": "ok", "split": split, "tuning": {"value": lr}}
+    return {**r, f"{split}_mean": mean}
+
+
+def test_the_choice_is_the_best_validation_mean_and_never_a_dev_score():
+    row = ROWS["peft-lora"]
+    lo, today, hi = 2e-4, 6e-4, 2e-3
+    assert row.sweep.values == (lo, today, hi)
+    trials = {lo: _trial(row.name, lo, 0.70), today: _trial(row.name, today, 0.72)}
+    trials[hi] = _trial(row.name, hi, 0.71)
+    choice = run.choose(row, trials, default=lo)
+    assert choice["chosen"] == today and choice["changed"] is True
+    assert choice["validation_mean"] == {"0.0002": 0.70, "0.0006": 0.72, "0.002": 0.71}
+    tie = {**trials, lo: _trial(row.name, lo, 0.72)}
+    assert run.choose(row, tie, default=lo)["chosen"] == lo  # a tie keeps today's value
+    with pytest.raises(SystemExit, match="not scored on the validation split"):
+        run.choose(row, {**trials, hi: _trial(row.name, hi, 0.9, split="dev")}, default=lo)
+    with pytest.raises(SystemExit, match="no trial at optimizer.task_lr = 0.002"):
+        run.choose(row, {lo: trials[lo], today: trials[today]}, default=lo)
+
+
+def test_sweep_runs_every_trial_on_the_carve_and_later_runs_use_the_choice(tmp_path, monkeypatch):
+    _data(tmp_path / "data")
+    common = ["--data", str(tmp_path / "data"), "--results", str(tmp_path / "res")]
+    common += ["--runs", str(tmp_path / "runs"), "--no-progress"]
+    calls = []
+    score = {
+        "pal-full": {2.5e-5: 0.60, 5e-5: 0.62, 1e-4: 0.65},
+        "pal-frozen": {2e-4: 0.6, 6e-4: 0.5, 2e-3: 0.4},
+    }
+
+    def fake_child(argv):  # what a trial's process would write
+        calls.append(argv)
+        name, lr = argv[0], float(argv[argv.index("--lr") + 1])
+        assert "--tune" in argv and "sweep" not in argv
+        r = {
+            **_trial(name, lr, score[name][lr]),
+            "budget": {"micro_batches": 600},
+            "seed": 0,
+            "tasks": ["sst", "quora", "sts"],
+            "data_dir": str((tmp_path / "runs" / "validation-data").resolve()),
+        }
+        run.write_json(tmp_path / "res" / "sweep" / f"{name}-lr{lr:g}.json", r)
+        return 0
+
+    monkeypatch.setattr(run, "child", fake_child)
+    assert run.main(["sweep", "--only", "pal-full,pal-frozen", *common]) == 0
+    assert [(c[0], float(c[3])) for c in calls] == run.sweep_plan(["pal-full", "pal-frozen"])
+    choice = json.loads((tmp_path / "res" / "sweep" / "choice.json").read_text())
+    assert choice["rows"]["pal-full"]["chosen"] == 1e-4 and choice["rows"]["pal-full"]["changed"]
+    assert choice["rows"]["pal-frozen"]["chosen"] == 2e-4
+    assert not choice["rows"]["pal-frozen"]["changed"]
+    # the trials' dev file is carved from the training file (the data folder has no dev file)
+    held = (tmp_path / "runs" / "validation-data" / "sts-dev.csv").read_text().splitlines()
+    train = (tmp_path / "data" / "sts-train.csv").read_text().splitlines()
+    assert len(held) == 21 and set(held) <= set(train)
+    # trials of another budget do not make a choice
+    stale = json.loads((tmp_path / "res" / "sweep" / "choice.json").read_text())
+    monkeypatch.setattr(run, "child", lambda argv: 1)  # every trial of budget 300 fails
+    assert run.main(["sweep", "--only", "pal-full", "--budget", "300", *common]) == 1
+    assert json.loads((tmp_path / "res" / "sweep" / "choice.json").read_text()) == stale
+    monkeypatch.setattr(run, "child", fake_child)
+    # --skip-done runs no trial twice
+    calls.clear()
+    assert run.main(["sweep", "--only", "pal-full,pal-frozen", "--skip-done", *common]) == 0
+    assert calls == []
+
+    # a later run of the row (any seed) trains at the chosen value and says where it came from
+    seen = {}
+    monkeypatch.setattr(run, "run_row", lambda name, ctx: seen.update(ctx=ctx) or {"status": "ok"})
+    assert run.main(["pal-full", "--seed", "2", *common]) == 0
+    assert seen["ctx"].lr == 1e-4 and seen["ctx"].lr_source.endswith("sweep/choice.json")
+    assert not seen["ctx"].tune and seen["ctx"].results == tmp_path / "res" / "seed-2"
+    assert run.row_raw(ROWS["pal-full"], seen["ctx"])["optimizer"]["lr"] == 1e-4
+    assert run.main(["pal-full-annealed", *common]) == 0  # not swept: today's value
+    assert seen["ctx"].lr is None and seen["ctx"].lr_source.startswith("not swept")
+    with pytest.raises(SystemExit, match="--lr goes with --tune"):
+        run.main(["pal-full", "--lr", "1e-3", *common])
+
+
+def test_sweep_dry_run_lists_three_trials_per_row(capsys):
+    assert run.main(["sweep", "--dry-run", "--budget", "600"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{3 * len(ROWS)} trials, 3 per row")
+    assert out[1] == "python -m bench.accuracy.run pal-full --tune --lr 2.5e-05 --budget 600"
+    assert len(out) == 1 + 3 * len(ROWS)
+
+
+@pytest.mark.data
+def test_a_tune_trial_trains_on_the_carve_and_scores_validation_not_dev(data_dir, tmp_path):
+    common = ["--quick", "--budget", "2", "--data", str(data_dir), "--no-progress"]
+    common += ["--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs")]
+    assert run.main(["pal-frozen", "--tune", "--lr", "0.0006", *common]) == 0
+    r = json.loads((tmp_path / "res" / "sweep" / "pal-frozen-lr0.0006.json").read_text())
+    assert r["status"] == "ok" and r["split"] == "validation"
+    assert "dev" not in r and "dev_mean" not in r  # nothing in it reads as a dev score
+    assert r["validation_mean"] == pytest.approx(sum(r["validation_primary"].values()) / 3)
+    assert (
+        r["tuning"]["value"] == 0.0006 and r["settings"]["recipe"]["optimizer"]["task_lr"] == 0.0006
+    )
+    assert r["data_dir"] == str((tmp_path / "runs" / "quick" / "validation-data").resolve())
+    # quick data: 256 training rows a task, 230 train on, 26 score
+    assert {t: s["rows"] for t, s in r["task_sizes"].items()} == {
+        "sst": 230,
+        "quora": 230,
+        "sts": 230,
+    }

@@ -1,13 +1,20 @@
-"""The accuracy table (markdown) and plot (PNG) from the rows' JSON files."""
+"""The accuracy table (markdown) and plot (PNG) from the rows' JSON files.
+
+Seed 0 of a row is ``results/ROW.json``, seed S ``results/seed-S/ROW.json``; the table and
+plot show each row's mean and sample standard deviation (ddof 1) over the seeds found, and
+how many (one seed: its value, no spread). ``summary`` holds every per-seed value they use.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy.rows import ROWS
+from bench.accuracy.rows import ROWS, result_lr
 
 TASK_COLUMNS = {
     "sst": "SST acc",
@@ -28,6 +35,91 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     return [found[n] for n in order]
 
 
+def seed_folders(folder: Path) -> dict[int, Path]:
+    """Seed -> the folder holding its rows: ``folder`` for seed 0, ``folder/seed-S`` for S."""
+    out = {0: Path(folder)}
+    for sub in sorted(Path(folder).glob("seed-*")):
+        m = re.fullmatch(r"seed-(\d+)", sub.name)
+        if m and sub.is_dir() and int(m.group(1)) != 0:
+            out[int(m.group(1))] = sub
+    return out
+
+
+def summary(folder: Path) -> list[dict[str, Any]]:
+    """:func:`seed_groups` without the results themselves: what ``run.py summary`` prints."""
+    return [{k: v for k, v in g.items() if k != "results"} for g in seed_groups(folder)]
+
+
+def seed_groups(folder: Path) -> list[dict[str, Any]]:
+    """Every row's seeds, grouped by the swept learning rate they ran with: per-seed primary
+    metrics and dev means (with their files), and over the seeds that finished their mean,
+    sample standard deviation (ddof 1; ``None`` for one seed) and number. Rows in rows.py's
+    order; a row whose seeds ran at different learning rates gives one entry per rate."""
+    by_row: dict[str, dict[int, tuple[Path, dict[str, Any]]]] = {}
+    for seed, sub in seed_folders(folder).items():
+        for path in sorted(sub.glob("*.json")):
+            r = json.loads(path.read_text())
+            if not (isinstance(r, dict) and "row" in r and "status" in r):
+                continue
+            if r.get("seed", 0) != seed:
+                raise SystemExit(f"{path}: seed {r.get('seed')} in a folder of seed {seed}")
+            by_row.setdefault(r["row"], {})[seed] = (path, r)
+    order = [n for n in ROWS if n in by_row] + sorted(n for n in by_row if n not in ROWS)
+    out = []
+    for name in order:
+        seeds = by_row[name]
+        ok = {s: pr for s, pr in seeds.items() if pr[1]["status"] == "ok"}
+        failed = {s: pr for s, pr in seeds.items() if pr[1]["status"] != "ok"}
+        groups: dict[Any, dict[int, tuple[Path, dict[str, Any]]]] = {}
+        for s, pr in sorted(ok.items()):
+            groups.setdefault(result_lr(pr[1]), {})[s] = pr
+        if not groups:
+            groups = {None: {}}
+        for lr, members in groups.items():
+            results = [r for _, r in members.values()]
+            tasks = list(results[0]["tasks"]) if results else list(seeds[min(seeds)][1]["tasks"])
+            per_seed = {
+                "dev_mean": {s: r["dev_mean"] for s, (_, r) in members.items()},
+                "dev_primary": {
+                    t: {s: r["dev_primary"][t] for s, (_, r) in members.items()} for t in tasks
+                },
+            }
+            values = {"dev_mean": list(per_seed["dev_mean"].values())}
+            values.update({t: list(v.values()) for t, v in per_seed["dev_primary"].items()})
+            out.append(
+                {
+                    "row": name,
+                    "lr": lr,
+                    "param": ROWS[name].sweep.param if name in ROWS else None,
+                    "tasks": tasks,
+                    "seeds": sorted(members),
+                    "n": len(members),
+                    "files": {s: str(p) for s, (p, _) in members.items()},
+                    "per_seed": per_seed,
+                    "mean": {k: statistics.fmean(v) if v else None for k, v in values.items()},
+                    "sd": {
+                        k: statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()
+                    },
+                    "failed": {
+                        s: {"file": str(p), "error": r.get("error", "")}
+                        for s, (p, r) in failed.items()
+                    },
+                    "results": results,
+                }
+            )
+        if len(groups) > 1:
+            for g in out[-len(groups) :]:
+                g["label"] = f"{name} ({g['param']} {g['lr']:g})"
+    for g in out:
+        g.setdefault("label", g["row"])
+    return out
+
+
+def spread(mean: float, sd: float | None, digits: int) -> str:
+    """``mean`` alone (one seed) or ``mean ± sd``."""
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
 def millions(n: float) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
@@ -38,18 +130,20 @@ def mean_trainable(r: dict[str, Any]) -> float:
 
 
 def table(folder: Path) -> str:
-    """The README's markdown table, with the settings every row shares under it."""
-    results = load_results(folder)
-    if not results:
+    """The README's markdown table, with the settings every row shares under it: each row's
+    mean ± sample standard deviation over its seeds (``seed_groups``) and their number."""
+    groups = seed_groups(folder)
+    if not groups:
         return f"no results in {folder} (run: python -m bench.accuracy.run all)"
     tasks: list[str] = []
-    for r in results:
-        tasks += [t for t in r["tasks"] if t not in tasks]
+    for g in groups:
+        tasks += [t for t in g["tasks"] if t not in tasks]
     head = (
         ["row"]
         + [TASK_COLUMNS.get(t, t) for t in tasks]
         + [
             "dev mean",
+            "seeds",
             "trainable / task",
             "stored (x encoder)",
             "examples / task",
@@ -58,43 +152,56 @@ def table(folder: Path) -> str:
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
-    best = max((r["dev_mean"] for r in results if r["status"] == "ok"), default=None)
-    for r in results:
-        if r["status"] != "ok":
-            reason = r.get("error", "").strip().splitlines()
+    best = max((g["mean"]["dev_mean"] for g in groups if g["n"]), default=None)
+    for g in groups:
+        for s, f in g["failed"].items():
+            reason = f["error"].strip().splitlines()
             short = reason[-1] if reason else "unknown"
-            notes.append(f"- `{r['row']}` did not run: {short} (full reason in its JSON)")
-            cells = [f"`{r['row']}`"] + ["-"] * (len(head) - 1)
+            which = "" if s == 0 else f" seed {s}"
+            notes.append(f"- `{g['row']}`{which} did not run: {short} (full reason in its JSON)")
+        if not g["n"]:
+            cells = [f"`{g['row']}`"] + ["-"] * (len(head) - 1)
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        cells = [f"`{r['row']}`"]
+        rs, mean, sd = g["results"], g["mean"], g["sd"]
+        label = f"`{g['row']}`" + g["label"][len(g["row"]) :]
+        cells = [label]
         for t in tasks:
-            cells.append(f"{r['dev_primary'][t]:.3f}" if t in r["dev_primary"] else "-")
-        ex = r["examples_per_task"]
+            cells.append(spread(mean[t], sd[t], 3) if t in mean else "-")
+        dev = spread(mean["dev_mean"], sd["dev_mean"], 4)
+        ex = {t: statistics.fmean(r["examples_per_task"].get(t, 0) for r in rs) for t in tasks}
+        cpu = statistics.fmean(r["cpu_s"] for r in rs) / 60
+        wall = statistics.fmean(r["wall_s"] for r in rs) / 60
         cells += [
-            f"**{r['dev_mean']:.4f}**" if r["dev_mean"] == best else f"{r['dev_mean']:.4f}",
-            millions(mean_trainable(r)),
-            f"{r['params']['stored_multiple']:.3f}",
-            " / ".join(str(ex.get(t, "-")) for t in tasks),
-            f"{r['cpu_s'] / 60:.1f} ({r['wall_s'] / 60:.1f})",
+            f"**{dev}**" if mean["dev_mean"] == best else dev,
+            str(g["n"]),
+            millions(mean_trainable(rs[0])),
+            f"{rs[0]['params']['stored_multiple']:.3f}",
+            " / ".join(f"{ex[t]:.0f}" if t in g["tasks"] else "-" for t in tasks),
+            f"{cpu:.1f} ({wall:.1f})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    first = results[0]
-    budgets = {json.dumps(r.get("budget"), sort_keys=True) for r in results}
-    seeds = {r.get("seed") for r in results}
+    done = [r for g in groups for r in g["results"]]
+    # with no row finished, the shared settings come from a failed row's JSON
+    failed_file = next(iter(groups[0]["failed"].values()), {}).get("file")
+    first = done[0] if done else json.loads(Path(failed_file).read_text())
+    budgets = {json.dumps(r.get("budget"), sort_keys=True) for r in done}
+    seeds = sorted({s for g in groups for s in g["seeds"]})
     lines += [
         "",
         f"Tasks {', '.join(tasks)}; budget {first['budget']['micro_batches']} micro-batches of "
-        f"{first['budget']['batch_size']} (examples per task in the column above); seed "
-        f"{first['seed']}; torch {first['torch']}; {first['machine']['cpus']} CPUs "
+        f"{first['budget']['batch_size']} (examples per task in the column above); seeds "
+        f'{", ".join(map(str, seeds))} (column "seeds": how many a row has; with more than '
+        "one, a figure is the mean ± the sample standard deviation over them, examples and "
+        f"minutes the mean); torch {first['torch']}; {first['machine']['cpus']} CPUs "
         f"({first['machine']['platform']}). Dev mean: the mean of the tasks' primary metrics (best in bold). "
         "Trainable / task: the mean over tasks of what one task trains (encoder included where "
         "it is fine-tuned); stored: encoder(s) plus all task modules over one encoder, heads "
         "excluded. Settings: bench/accuracy/rows.py and recipes/quickstart.yaml.",
     ]
-    if len(budgets) > 1 or len(seeds) > 1:
-        lines.append("**Warning: the rows ran with different budgets or seeds.**")
-    if any(r.get("quick") for r in results):
+    if len(budgets) > 1:
+        lines.append("**Warning: the rows ran with different budgets.**")
+    if any(r.get("quick") for r in done):
         lines.append("**Quick smoke-test results (--quick): not a measurement.**")
     return "\n".join(lines + notes)
 
@@ -128,19 +235,32 @@ def plot(folder: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [r for r in load_results(folder) if r["status"] == "ok"]
-    if not results:
+    groups = [g for g in seed_groups(folder) if g["n"]]
+    if not groups:
         raise SystemExit(f"no finished rows in {folder} to plot")
+    results = [g["results"][0] for g in groups]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    points = sorted(((mean_trainable(r), r["dev_mean"], r) for r in results), key=lambda p: p[1])
+    points = sorted(
+        ((mean_trainable(g["results"][0]), g["mean"]["dev_mean"], g) for g in groups),
+        key=lambda p: p[1],
+    )
     ys = [p[1] for p in points]
     gap = 0.045 * ((max(ys) - min(ys)) or 0.01)
     placed: list[tuple[float, float]] = []
-    for x, y, r in points:
+    for x, y, g in points:
+        r = g["results"][0]
         finetuned = r["params"]["trainable_per_task"] and r["params"]["encoder"] <= min(
             r["params"]["trainable_per_task"].values()
         )
-        ax.scatter([x], [y], s=30, marker="s" if finetuned else "o")
+        # error bar: the sample standard deviation over the row's seeds (none for one seed)
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[g["sd"]["dev_mean"]] if g["sd"]["dev_mean"] is not None else None,
+            fmt="s" if finetuned else "o",
+            ms=5.5,
+            capsize=3,
+        )
         # rows that fine-tune the encoder share an x: move labels apart vertically
         ly = y
         for px, py in placed:
@@ -148,7 +268,7 @@ def plot(folder: Path, out: Path) -> Path:
                 ly = py + gap
         placed.append((x, ly))
         ax.annotate(
-            r["row"],
+            g["label"] + (f" (n={g['n']})" if g["n"] > 1 else ""),
             (x, y),
             xytext=(x * 1.12, ly),
             fontsize=8,
@@ -159,9 +279,12 @@ def plot(folder: Path, out: Path) -> Path:
     ax.margins(x=0.25, y=0.1)
     ax.set_xlabel("trainable parameters per task (log scale; squares: encoder fine-tuned)")
     ax.set_ylabel(f"dev mean ({', '.join(results[0]['tasks'])})")
+    seeds = sorted({s for g in groups for s in g["seeds"]})
     ax.set_title(
         f"MiniLM, {results[0]['budget']['micro_batches']} micro-batches of "
-        f"{results[0]['budget']['batch_size']}, seed {results[0]['seed']}"
+        f"{results[0]['budget']['batch_size']}, seed{'s' if len(seeds) > 1 else ''} "
+        f"{', '.join(map(str, seeds))}"
+        + (" (mean ± sd)" if len(seeds) > 1 else "")
         + (" (quick smoke test)" if results[0].get("quick") else "")
     )
     ax.grid(True, which="both", alpha=0.3)

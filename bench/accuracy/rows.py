@@ -20,6 +20,11 @@ How each row spends the budget:
   its own schedule;
 - ``peft-lora``/``adapterhub``: one adapter + head per task trained alone on the frozen
   encoder, replaying the task's steps of the plan (see ``per_task.py``).
+
+Equal-effort tuning (issue 22): every row sweeps its one main learning rate over
+``SWEEP_TRIALS`` values, today's among them (``Row.sweep``), on a validation split carved from
+the training files (``run.py sweep``); the best validation mean is the row's choice, which
+``run.py ROW`` / ``all --seed S`` then use. Dev is never read to choose.
 """
 
 from __future__ import annotations
@@ -40,6 +45,23 @@ OPTIONAL_TASKS = {"cfimdb": {"name": "cfimdb", "head": {"type": "linear", "pooli
 DEFAULT_BUDGET = 600
 # The multi-task row whose task plan sets every row's micro-batches per task.
 PLAN_ROW = "pal-frozen"
+# Trials of every row's learning-rate sweep: the same number for every row (equal effort).
+SWEEP_TRIALS = 3
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The one learning rate a row tunes (a dotted recipe key) and the values it tries."""
+
+    param: str
+    values: tuple[float, ...]
+
+
+# Rows that fine-tune the encoder tune the encoder lr: today's 5e-5, halved and doubled.
+ENCODER_LR = Sweep("optimizer.lr", (2.5e-5, 5e-5, 1e-4))
+# Frozen-encoder rows tune the task-module lr: today's 2e-4 (chosen for PALs on a trained
+# encoder) and about 3x and 10x, where LoRA and adapters are usually run.
+MODULE_LR = Sweep("optimizer.task_lr", (2e-4, 6e-4, 2e-3))
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ class Row:
     method: dict[str, Any] = field(default_factory=dict)  # the per-task method's settings
     plan_from: str | None = None  # per_task rows: the row whose task plan they replay
     annealed_epochs: int | None = None  # sampler epochs within the budget (annealed rows)
+    sweep: Sweep = ENCODER_LR  # the learning rate tuned on the validation split
 
 
 # the quickstart's annealed sampler replaced (its fixed 200-step epochs included)
@@ -89,6 +112,7 @@ ROWS: dict[str, Row] = {
             "palbert",
             "palbert PALs, frozen encoder",
             {"module": {"kind": "pal"}, "train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
+            sweep=MODULE_LR,
         ),
         Row(
             "shared",
@@ -121,18 +145,21 @@ ROWS: dict[str, Row] = {
                 "target_modules": ["query", "value"],
             },
             plan_from="pal-frozen",
+            sweep=MODULE_LR,
         ),
         Row(
             "palbert-adapters",
             "palbert",
             "palbert Houlsby adapters, frozen encoder",
             {"module": {"kind": "adapter"}, "train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
+            sweep=MODULE_LR,
         ),
         Row(
             "palbert-low-rank",
             "palbert",
             "palbert low-rank layers, frozen encoder",
             {"module": {"kind": "low_rank"}, "train": {"mode": "frozen"}, **ONE_TASK_PER_STEP},
+            sweep=MODULE_LR,
         ),
         Row(
             "adapterhub",
@@ -144,6 +171,7 @@ ROWS: dict[str, Row] = {
             # library; AdapterHub's other Houlsby defaults are kept
             method={"library": "adapters", "config": "double_seq_bn", "reduction_factor": 12},
             plan_from="pal-frozen",
+            sweep=MODULE_LR,
         ),
     ]
 }
@@ -158,6 +186,34 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def get_path(raw: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key (``optimizer.lr``) of a recipe as plain data."""
+    for part in key.split("."):
+        raw = raw[part]
+    return raw
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set the value at a dotted key of a recipe as plain data (in place)."""
+    *parents, last = key.split(".")
+    for part in parents:
+        raw = raw.setdefault(part, {})
+    raw[last] = value
+
+
+def result_lr(result: dict[str, Any]) -> float | None:
+    """The swept learning rate a row's result JSON ran with: its ``tuning`` record, or (for
+    results from before the sweep) the value in the resolved recipe it saved."""
+    if "tuning" in result:
+        return result["tuning"]["value"]
+    row = ROWS.get(result.get("row", ""))
+    settings = result.get("settings") or {}
+    recipe = settings.get("recipe") or next(iter(settings.get("recipes", {}).values()), None)
+    if row is None or recipe is None:
+        return None
+    return get_path(recipe, row.sweep.param)
 
 
 def get_row(name: str) -> Row:

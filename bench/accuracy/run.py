@@ -8,6 +8,9 @@
     python -m bench.accuracy.run plot [--out PNG]         # dev mean against trainable/task
     python -m bench.accuracy.run rows                     # each row's settings
     python -m bench.accuracy.run timing                   # seconds per micro-batch, load
+    python -m bench.accuracy.run summary                  # per-seed values, mean, sd (JSON)
+    python -m bench.accuracy.run sweep [--dry-run]        # every row's lr sweep, then choice
+    python -m bench.accuracy.run ROW --tune [--lr X]      # one trial on the validation carve
 
 Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/quickstart.yaml``).
 Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
@@ -18,14 +21,23 @@ torch version and machine. A row that cannot run writes its reason (``status: fa
 ``--quick`` smoke-tests the harness: the first rows of each data file (copied to
 ``bench/accuracy/runs/quick-data``) and results in ``bench/accuracy/results-quick/``.
 Real data: ``--data DIR``, else ``$PALBERT_DATA_DIR``, else ``../shared/data/cs224n``.
+
+Seeds: seed 0 writes ``results/ROW.json``, seed S ``results/seed-S/ROW.json``; ``table`` shows
+mean +- sample standard deviation over the seeds it finds. Tuning: ``--tune`` trains on 90% of
+each training file and evaluates on the other 10% (``carve``, a fixed seed; the dev files are
+never read) and writes ``results/sweep/ROW-lrX.json``; ``sweep`` runs every row's
+``SWEEP_TRIALS`` values (rows.py) and writes ``results/sweep/choice.json``, whose choice every
+later run of the row uses (recorded in its JSON's ``tuning``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -45,10 +57,14 @@ from bench.accuracy.rows import (
     PLAN_ROW,
     ROOT,
     ROWS,
+    SWEEP_TRIALS,
     TASKS,
     Row,
     deep_merge,
+    get_path,
     get_row,
+    result_lr,
+    set_path,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +74,10 @@ RUNS = HERE / "runs"
 ADAPTERS_VENV = HERE / ".venv-adapters"
 TORCH_PIN = "torch==2.13.0"
 QUICK_ROWS = (256, 64)  # train and dev rows per task in --quick
+# The validation split of --tune: this share of each training file's rows, drawn with this
+# seed (fixed: every row and every trial tunes on the same rows).
+CARVE_FRACTION = 0.1
+CARVE_SEED = 0
 PEFT_NOTE = (
     "The encoder is frozen and each task's adapter and head are disjoint from the other "
     "tasks', so training each task alone on exactly the batches and global steps (learning-"
@@ -77,9 +97,20 @@ class Context:
     quick: bool
     progress: bool
     command: str = ""
+    lr: float | None = None  # the row's swept learning rate (None: the recipe's, today's)
+    lr_source: str = "not swept: today's value"
+    tune: bool = False  # a sweep trial: data_dir is the validation carve, scores not dev
 
 
 # -- shared pieces ------------------------------------------------------------------------
+
+
+def row_raw(row: Row, ctx: Context) -> dict[str, Any]:
+    """The row's settings on the quickstart, with its swept learning rate if one is set."""
+    raw = deep_merge(base_raw(ctx), row.recipe)
+    if ctx.lr is not None:
+        set_path(raw, row.sweep.param, ctx.lr)
+    return raw
 
 
 def base_raw(ctx: Context) -> dict[str, Any]:
@@ -180,7 +211,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def palbert_raw(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
     """The row's recipe as plain data, with the budget applied (see rows.py)."""
-    raw = deep_merge(base_raw(ctx), row.recipe)
+    raw = row_raw(row, ctx)
     raw["name"] = row.name
     steps = ctx.budget
     if raw["sampler"].get("per") == "micro_batch":
@@ -312,7 +343,7 @@ def run_palbert_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) ->
 def run_separate_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
     """One full fine-tuning run per task, the budget split by the tasks' batches per pass."""
     steps = {t: max(1, n) for t, n in plan_counts(ctx, sizes).items()}
-    base = deep_merge(base_raw(ctx), row.recipe)
+    base = row_raw(row, ctx)
     dev, primary, params, batches, runs, recipes = {}, {}, {}, {}, [], {}
     train_s = step_s = 0.0
     encoder = heads = 0
@@ -374,7 +405,8 @@ def task_plan(
     from palbert.recipe import recipe_from_dict
     from palbert.training.samplers import TaskSampler
 
-    ref = recipe_from_dict(palbert_raw(get_row(row_name), ctx, sizes))
+    # the plan is the sampler's alone: the swept learning rate plays no part in it
+    ref = recipe_from_dict(palbert_raw(get_row(row_name), dataclasses.replace(ctx, lr=None), sizes))
     s, tr = ref.sampler, ref.train
     if s.per != "step":
         raise SystemExit(f"the plan row {row_name!r} must draw one task per optimizer step")
@@ -439,7 +471,7 @@ def ensure_adapters_venv() -> tuple[bool, str]:
 
 
 def run_per_task_row(row: Row, ctx: Context, sizes: dict[str, dict[str, int]]) -> dict[str, Any]:
-    raw = deep_merge(base_raw(ctx), row.recipe)
+    raw = row_raw(row, ctx)
     raw["name"] = row.name
     plan = task_plan(ctx, sizes, row.plan_from or PLAN_ROW)
     raw["train"]["max_steps"] = len(plan)
@@ -545,10 +577,23 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
         "versions": versions(),
         "torch": torch.__version__,
         "row_settings": asdict(row),
+        "tuning": {
+            "param": row.sweep.param,
+            "value": get_path(row_raw(row, ctx), row.sweep.param),
+            "values": list(row.sweep.values),
+            "source": ctx.lr_source,
+        },
+        "split": "validation" if ctx.tune else "dev",
+        # a sweep trial's validation rows: this share of each training file, this seed
+        **(
+            {"validation_split": {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}}
+            if ctx.tune
+            else {}
+        ),
         "command": ctx.command,
     }
     t0, c0 = time.perf_counter(), cpu_seconds()
-    path = ctx.results / f"{row.name}.json"
+    path = ctx.results / result_name(row, ctx)
     try:
         sizes = task_sizes(base_raw(ctx))
         body = RUNNERS[row.runner](row, ctx, sizes)
@@ -564,12 +609,15 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
         print(f"bench: row {row.name} FAILED; reason in {path}:\n{msg}", file=sys.stderr)
         return result
     prim = {t: body["dev"][t][body["primary_metric"][t]] for t in ctx.tasks}
+    # a sweep trial's scores are on the validation carve: named so, never read as dev
+    split = head["split"]
+    body[split] = body.pop("dev")
     result = {
         **head,
         "status": "ok",
         **body,
-        "dev_primary": prim,
-        "dev_mean": sum(prim.values()) / len(prim),
+        f"{split}_primary": prim,
+        f"{split}_mean": sum(prim.values()) / len(prim),
         "task_sizes": sizes,
         "wall_s": round(time.perf_counter() - t0, 1),
         "cpu_s": round(cpu_seconds() - c0, 1),
@@ -577,15 +625,23 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
     }
     write_json(path, result)
     print(
-        f"bench: {row.name}: dev {' '.join(f'{t} {v:.4f}' for t, v in prim.items())} "
-        f"mean {result['dev_mean']:.4f} ({result['wall_s']:.0f} s) -> {path}",
+        f"bench: {row.name}: {split} {' '.join(f'{t} {v:.4f}' for t, v in prim.items())} "
+        f"mean {result[f'{split}_mean']:.4f} ({result['wall_s']:.0f} s) -> {path}",
         file=sys.stderr,
     )
     return result
 
 
-def done(path: Path, ctx: Context) -> bool:
-    """A finished result of the same budget, seed, tasks and data exists at ``path``."""
+def result_name(row: Row, ctx: Context) -> str:
+    """``ROW.json``; a sweep trial's name carries its learning rate (``ROW-lr0.0002.json``)."""
+    if not ctx.tune:
+        return f"{row.name}.json"
+    return f"{row.name}-lr{get_path(row_raw(row, ctx), row.sweep.param):g}.json"
+
+
+def done(path: Path, ctx: Context, lr: float | None = None) -> bool:
+    """A finished result of the same budget, seed, tasks and data (and swept learning rate
+    ``lr``, when given) exists at ``path``."""
     if not path.is_file():
         return False
     r = json.loads(path.read_text())
@@ -595,7 +651,120 @@ def done(path: Path, ctx: Context) -> bool:
         and r.get("seed") == ctx.seed
         and r.get("tasks") == list(ctx.tasks)
         and r.get("data_dir") == str(ctx.data_dir)
+        and (lr is None or result_lr(r) == lr)
     )
+
+
+# -- the learning-rate sweep on a validation split carved from the training files --------
+
+
+def carve(source: Path, dest: Path, files: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """A validation split carved from each task's training file: ``CARVE_FRACTION`` of its
+    rows (drawn with ``CARVE_SEED`` and the file's name) go to ``dest``'s dev file, the rest
+    to ``dest``'s train file, header and rows' bytes as they were. ``files``: task -> (train,
+    dev) file names. The real dev files are never opened. Returns what was carved."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for task, (train, dev) in files.items():
+        header, *rows = (source / train).read_bytes().splitlines(keepends=True)
+        rows = [r if r.endswith((b"\n", b"\r")) else r + b"\n" for r in rows]
+        k = max(1, round(CARVE_FRACTION * len(rows)))
+        held = set(random.Random(f"{CARVE_SEED}:{train}").sample(range(len(rows)), k))
+        parts = {
+            train: [r for i, r in enumerate(rows) if i not in held],
+            dev: [r for i, r in enumerate(rows) if i in held],
+        }
+        for name, part in parts.items():
+            data = header + b"".join(part)
+            target = dest / name
+            if target.is_symlink():
+                target.unlink()
+            if not target.is_file() or target.read_bytes() != data:
+                target.write_bytes(data)
+        out[task] = {
+            "train_file": str(source / train),
+            "train_rows": len(rows) - k,
+            "validation_rows": k,
+        }
+    return out
+
+
+def task_files(ctx: Context) -> dict[str, tuple[str, str]]:
+    """Each task's train and dev file names (relative to the data folder)."""
+    from bench.accuracy.per_task import task_spec
+    from palbert.tasks import build_task
+
+    out = {}
+    for e in base_raw(ctx)["tasks"]:
+        task = build_task(task_spec(e), data_dir=ctx.data_dir)
+        out[task.spec.name] = (task.spec.files["train"], task.spec.files["dev"])
+    return out
+
+
+def sweep_plan(names: list[str]) -> list[tuple[str, float]]:
+    """Every trial of the sweep of rows ``names``: (row, learning rate), the same number for
+    every row."""
+    plan = []
+    for name in names:
+        row = get_row(name)
+        if len(set(row.sweep.values)) != SWEEP_TRIALS:
+            raise SystemExit(
+                f"rows.py: row {name!r} sweeps {row.sweep.values}, not {SWEEP_TRIALS} values"
+            )
+        plan += [(name, v) for v in row.sweep.values]
+    return plan
+
+
+def choose(row: Row, trials: dict[float, dict[str, Any]], default: float) -> dict[str, Any]:
+    """The row's choice: the swept value with the best validation mean (today's value on a
+    tie). Reads only sweep trials' ``validation_mean``: a result scored on dev is refused."""
+    means = {}
+    for value in row.sweep.values:
+        r = trials.get(value)
+        if r is None:
+            raise SystemExit(f"sweep of {row.name}: no trial at {row.sweep.param} = {value:g}")
+        if r.get("split") != "validation" or "validation_mean" not in r:
+            raise SystemExit(
+                f"sweep of {row.name}: the trial at {value:g} was not scored on the validation"
+                " split (only --tune trials choose; dev never does)"
+            )
+        if r["status"] != "ok":
+            raise SystemExit(f"sweep of {row.name}: the trial at {value:g} failed (see its JSON)")
+        if result_lr(r) != value:
+            raise SystemExit(
+                f"sweep of {row.name}: the trial named {value:g} ran at {result_lr(r)}"
+            )
+        means[value] = r["validation_mean"]
+    chosen = max(row.sweep.values, key=lambda v: (means[v], v == default))
+    return {
+        "param": row.sweep.param,
+        "values": list(row.sweep.values),
+        "validation_mean": {f"{v:g}": means[v] for v in row.sweep.values},
+        "today": default,
+        "chosen": chosen,
+        "changed": chosen != default,
+    }
+
+
+def choice_path(root: Path) -> Path:
+    """Where the sweep's choices go: ``results/sweep/choice.json``."""
+    return root / "sweep" / "choice.json"
+
+
+def chosen_lr(row: Row, root: Path) -> tuple[float | None, str]:
+    """The row's learning rate chosen by the sweep and where it comes from; (None, reason)
+    while the row has not been swept (the recipe's value, today's, is used)."""
+    path = choice_path(root)
+    if not path.is_file():
+        return None, "not swept: today's value"
+    choice = json.loads(path.read_text()).get("rows", {}).get(row.name)
+    if choice is None:
+        return None, "not swept: today's value"
+    if choice["param"] != row.sweep.param:
+        raise SystemExit(
+            f"{path}: row {row.name!r} swept {choice['param']}, rows.py says {row.sweep.param}"
+        )
+    return choice["chosen"], str(path)
 
 
 # -- quick data ---------------------------------------------------------------------------
@@ -638,7 +807,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="rows: " + ", ".join(ROWS),
     )
-    ap.add_argument("what", help="a row name, 'all', 'table', 'plot', 'timing' or 'rows'")
+    ap.add_argument(
+        "what", help="a row name, 'all', 'sweep', 'table', 'summary', 'plot', 'timing' or 'rows'"
+    )
     ap.add_argument(
         "--budget",
         type=int,
@@ -673,6 +844,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, default=None, help="plot: the PNG to write")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument(
+        "--tune",
+        action="store_true",
+        help="a sweep trial: train on 90%% of each training file, score the other 10%% "
+        "(results/sweep/ROW-lrX.json); dev is never read",
+    )
+    ap.add_argument(
+        "--lr", type=float, default=None, help="--tune: the row's swept learning rate (rows.py)"
+    )
+    ap.add_argument("--dry-run", action="store_true", help="sweep: list the trials, run none")
+    ap.add_argument(
         "--skip-done",
         action="store_true",
         help="all: skip rows whose JSON finished with the same budget, seed and tasks",
@@ -686,23 +867,51 @@ def seed_results(results: Path, seed: int) -> Path:
     return results if seed == 0 else results / f"seed-{seed}"
 
 
+def forward(argv: list[str], drop: tuple[str, ...], drop_valued: tuple[str, ...]) -> list[str]:
+    """``argv`` without the flags ``drop`` and the options ``drop_valued`` (with values)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in drop_valued:
+            skip = True
+        elif a not in drop and not any(a.startswith(f"{d}=") for d in drop_valued):
+            out.append(a)
+    return out
+
+
+def child(argv: list[str]) -> int:
+    """One row in its own process (a fresh interpreter: rows share no state)."""
+    return subprocess.run([sys.executable, "-m", "bench.accuracy.run", *argv], cwd=ROOT).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv if argv is not None else sys.argv[1:])
     args = parser().parse_args(argv)
     smoke = args.quick or args.dev_rows
-    results = args.results or (QUICK_RESULTS if smoke else RESULTS)
+    root = args.results or (QUICK_RESULTS if smoke else RESULTS)
     if args.what == "all" and args.seeds:
         # one `all` per seed, each in its own results folder (seed_results)
-        rest = list(argv if argv is not None else sys.argv[1:])
-        i = rest.index("--seeds")
-        rest = rest[:i] + rest[i + 2 :]
+        rest = forward(argv, (), ("--seeds",))
         codes = [main([*rest, "--seed", s.strip()]) for s in args.seeds.split(",") if s.strip()]
         return max(codes, default=0)
-    results = seed_results(results, args.seed)
+    if args.lr is not None and not args.tune:
+        raise SystemExit(
+            "--lr goes with --tune: a row's learning rate is chosen on the validation split "
+            "(run.py sweep), never on dev"
+        )
+    tune = args.tune or args.what == "sweep"
+    if args.tune and args.what in ("all", "sweep"):
+        raise SystemExit(f"--tune runs one row; `{args.what}` is not one (sweep runs the trials)")
+    results = seed_results(root / "sweep" if tune else root, args.seed)
     if args.what == "table":
-        print(report.table(results))
+        print(report.table(root))
+        return 0
+    if args.what == "summary":
+        print(json.dumps(report.summary(root), indent=1))
         return 0
     if args.what == "plot":
-        out = report.plot(results, args.out or results / "accuracy.png")
+        out = report.plot(root, args.out or root / "accuracy.png")
         print(out)
         return 0
     if args.what == "timing":
@@ -710,6 +919,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "rows":
         print(report.describe_rows())
+        return 0
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
+    for name in names:
+        get_row(name)  # an unknown name stops here, before any run
+    if args.what == "sweep" and args.dry_run:
+        rest = forward(argv, ("sweep", "--dry-run", "--skip-done"), ("--only",))
+        plan = sweep_plan(names)
+        print(f"{len(plan)} trials, {SWEEP_TRIALS} per row, seed {args.seed}, validation split:")
+        for name, lr in plan:
+            print(
+                f"python -m bench.accuracy.run {name} --tune --lr {lr:g} {' '.join(rest)}".strip()
+            )
         return 0
     if args.budget is not None and args.budget < 1:
         raise SystemExit("--budget must be >= 1")
@@ -736,39 +957,92 @@ def main(argv: list[str] | None = None) -> int:
         runs=runs,
         quick=bool(smoke),
         progress=not args.no_progress,
-        command="python -m bench.accuracy.run "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        command="python -m bench.accuracy.run " + " ".join(argv),
     )
+    if tune:
+        # the validation carve: the run trains on 90% of the training files and is scored
+        # on the other 10%; no file under it comes from a dev file
+        carved = carve(ctx.data_dir, runs / "validation-data", task_files(ctx))
+        ctx = dataclasses.replace(ctx, data_dir=(runs / "validation-data").resolve(), tune=True)
+        print(f"bench: validation carve {json.dumps(carved)}", file=sys.stderr)
+    if args.what == "sweep":
+        return sweep(names, ctx, root, argv, args.skip_done)
     if args.what == "all":
         failed = []
-        forwarded = [
-            a
-            for a in (argv if argv is not None else sys.argv[1:])
-            if a not in ("all", "--skip-done")
-        ]
-        names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
+        forwarded = forward(argv, ("all", "--skip-done"), ("--only",))
         for name in names:
-            get_row(name)  # an unknown name stops here, before any run
-        forwarded = [
-            a
-            for a, prev in zip(forwarded, [None, *forwarded], strict=False)
-            if "--only" not in (a, prev)
-        ]
-        for name in names:
-            if args.skip_done and done(results / f"{name}.json", ctx):
+            lr = chosen_lr(get_row(name), root)[0]
+            lr = lr if lr is not None else default_lr(get_row(name), ctx)
+            if args.skip_done and done(results / f"{name}.json", ctx, lr):
                 print(f"bench: {name} done already, skipped", file=sys.stderr)
                 continue
-            p = subprocess.run(
-                [sys.executable, "-m", "bench.accuracy.run", name, *forwarded], cwd=ROOT
-            )
-            if p.returncode != 0:
+            if child([name, *forwarded]) != 0:
                 failed.append(name)
-        print(report.table(results))
+        print(report.table(root))
         if failed:
             print(f"failed rows: {', '.join(failed)} (reasons in their JSON)", file=sys.stderr)
         return 1 if failed else 0
-    result = run_row(args.what, ctx)
+    row = get_row(args.what)
+    if args.tune:
+        ctx = dataclasses.replace(
+            ctx, lr=args.lr, lr_source="--tune --lr" if args.lr is not None else ctx.lr_source
+        )
+    else:
+        lr, source = chosen_lr(row, root)
+        ctx = dataclasses.replace(ctx, lr=lr, lr_source=source)
+    result = run_row(row.name, ctx)
     return 0 if result["status"] == "ok" else 1
+
+
+def default_lr(row: Row, ctx: Context) -> float:
+    """The row's learning rate before any sweep: the quickstart's with the row's changes."""
+    return get_path(row_raw(row, dataclasses.replace(ctx, lr=None)), row.sweep.param)
+
+
+def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done: bool) -> int:
+    """Every trial of the rows' sweeps on the validation carve (each row in its own
+    process), then each fully swept row's choice into ``results/sweep/choice.json``."""
+    rest = forward(argv, ("sweep", "--skip-done", "--dry-run"), ("--only",))
+    failed = []
+    for name, lr in sweep_plan(names):
+        trial = dataclasses.replace(ctx, lr=lr)
+        path = ctx.results / result_name(get_row(name), trial)
+        if skip_done and done(path, trial, lr):
+            print(f"bench: {path.name} done already, skipped", file=sys.stderr)
+            continue
+        if child([name, "--tune", "--lr", f"{lr!r}", *rest]) != 0:
+            failed.append(f"{name} at {lr:g}")
+    path = choice_path(root)
+    choices = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+    for name in names:
+        row = get_row(name)
+        files = {
+            lr: ctx.results / result_name(row, dataclasses.replace(ctx, lr=lr))
+            for lr in row.sweep.values
+        }
+        # a row is chosen only when every trial finished with this budget, seed, tasks and
+        # carve (a trial left from another budget does not count)
+        if all(done(f, dataclasses.replace(ctx, lr=lr), lr) for lr, f in files.items()):
+            trials = {lr: json.loads(f.read_text()) for lr, f in files.items()}
+            choices["rows"][name] = {
+                **choose(row, trials, default_lr(row, ctx)),
+                "seed": ctx.seed,
+                "budget": ctx.budget,
+                "trials": [str(f) for f in files.values()],
+            }
+    choices["validation"] = {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}
+    write_json(path, choices)
+    for name in names:
+        c = choices["rows"].get(name)
+        if c:
+            means = ", ".join(f"{v}: {m:.4f}" for v, m in c["validation_mean"].items())
+            print(
+                f"{name}: {c['param']} {means} -> {c['chosen']:g}"
+                + (" (changed)" if c["changed"] else "")
+            )
+    if failed:
+        print(f"failed trials: {', '.join(failed)} (reasons in their JSON)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
