@@ -97,3 +97,10 @@ def test_compute_metrics_checks_lengths_and_names():
     assert compute_metrics(["f1_macro"], [0, 1, 2], [0, 1, 1])["f1_macro"] == pytest.approx(
         (1 + 2 / 3 + 0) / 3
     )
+
+
+def test_every_metric_a_spec_may_name_has_its_class_and_no_other():
+    from palbert.tasks.metrics import METRIC_CLASSES
+    from palbert.tasks.spec import METRICS
+
+    assert set(METRIC_CLASSES) == set(METRICS)

@@ -250,5 +250,4 @@ __all__ = [
     "recorded_progress",
     "save_checkpoint",
     "saved_weights",
-    "write_dir_atomically",
 ]

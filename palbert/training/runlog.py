@@ -31,7 +31,7 @@ class RunLog:
             keep = [  # damaged lines go too (undecodable bytes make them invalid JSON)
                 line
                 for line in path.read_text("utf-8", errors="replace").splitlines()
-                if _record(line) is not None and _record(line).get("step", 0) <= resume_step
+                if (record := _record(line)) is not None and record.get("step", 0) <= resume_step
             ]
             atomic_write_text(path, "".join(x + "\n" for x in keep))
         try:
