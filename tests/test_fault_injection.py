@@ -79,14 +79,20 @@ def attempt(
     """Train (resuming where there is a checkpoint) in a forked process, SIGKILLed ``after``
     seconds or at its ``trap``-th fsync or rename; whether it was killed."""
     run = resumable(runs)
-    ctx = multiprocessing.get_context("fork")
-    p = ctx.Process(target=_child, args=(str(recipe), str(run) if run else None, trap))
+    args = (str(recipe), str(run) if run else None, trap)
+    return killed(_child, args, after, "the training process")
+
+
+def killed(target, args: tuple, after: float | None, what: str) -> bool:
+    """Run ``target(*args)`` in a forked process, SIGKILLed after ``after`` seconds if it is
+    still running (a trap in ``args`` may kill it sooner); whether it was killed."""
+    p = multiprocessing.get_context("fork").Process(target=target, args=args)
     p.start()
     p.join(after)
     if p.is_alive():
         os.kill(p.pid, signal.SIGKILL)
         p.join()
-    assert p.exitcode in (0, -signal.SIGKILL), f"the training process failed ({p.exitcode})"
+    assert p.exitcode in (0, -signal.SIGKILL), f"{what} failed ({p.exitcode})"
     return p.exitcode == -signal.SIGKILL
 
 
@@ -183,15 +189,7 @@ def _cli(args: list[str], trap: int | None) -> None:
 def command(args: list[str], *, after: float | None = None, trap: int | None = None) -> bool:
     """Run ``palbert ARGS`` in a forked process, SIGKILLed ``after`` seconds or at its
     ``trap``-th fsync or rename; whether it was killed."""
-    ctx = multiprocessing.get_context("fork")
-    p = ctx.Process(target=_cli, args=(args, trap))
-    p.start()
-    p.join(after)
-    if p.is_alive():
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
-    assert p.exitcode in (0, -signal.SIGKILL), f"palbert {args[0]} failed ({p.exitcode})"
-    return p.exitcode == -signal.SIGKILL
+    return killed(_cli, (args, trap), after, f"palbert {args[0]}")
 
 
 def files(folder: Path) -> dict[str, bytes]:

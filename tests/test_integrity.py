@@ -23,7 +23,7 @@ from palbert.integrity import (
     read_sealed,
     write_sealed,
 )
-from tests.tiny_run import one_line_error, snapshot, write_recipe
+from tests.tiny_run import interrupted_run, one_line_error, snapshot, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread", "token_cache")
 
@@ -359,14 +359,10 @@ def test_a_damaged_resume_checkpoint_is_refused_and_changes_nothing(
     name,
 ):
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, load_run, train
+    from palbert.training.run import load_run
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     damaged = run / "last" / name
     flip(damaged, len(damaged.read_bytes()) - 5)
     before = snapshot(run)
@@ -409,10 +405,7 @@ def test_resume_removes_a_stale_previous_checkpoint(tiny_setup, tmp_path):
     from palbert.training.run import TrainingInterrupted, train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     shutil.copytree(run / "last", run / ".last.old")
     with pytest.raises(TrainingInterrupted):  # stops before its next checkpoint
         train(load_recipe(path), resume=run, progress=False, stop_at_step=3)
@@ -426,10 +419,7 @@ def test_a_killed_swap_resumes_from_the_previous_checkpoint(tiny_setup, tmp_path
     from palbert.training.run import TrainingInterrupted, train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     (run / "last").rename(run / ".last.old")
     with pytest.raises(TrainingInterrupted):
         train(load_recipe(path), resume=run, progress=False, stop_at_step=3)

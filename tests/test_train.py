@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from tests.tiny_run import (
+    interrupted_run,
     write_recipe,
 )
 
@@ -485,14 +486,9 @@ def test_quickstart_smoke_on_real_data(tmp_path, data_dir):
 
 def test_cli_resume_continues_the_newest_unfinished_run(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     assert main(["train", str(path), "--resume", "--no-progress"]) == 0
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]) == run
     assert json.loads((run / "summary.json").read_text())["steps"] == 6

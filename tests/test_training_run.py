@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_run import one_line_error, snapshot, write_recipe
+from tests.tiny_run import interrupted_run, one_line_error, snapshot, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread", "token_cache")
 
@@ -174,14 +174,9 @@ def test_a_refused_resume_leaves_the_run_byte_identical(
     message,
 ):
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     before = snapshot(run)
     capsys.readouterr()
     assert main(["train", str(path), "--resume", str(run), *overrides, "--no-progress"]) == 2
@@ -198,16 +193,11 @@ def test_a_resume_on_changed_data_is_refused_unless_the_user_says_to_go_on(
     import shutil
 
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
 
     backbone, shared = tiny_setup
     data = tmp_path / "data"
     shutil.copytree(shared, data)
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     record = json.loads((run / "data.json").read_text())["tasks"]
     assert set(record) == {"sst", "sts"} and set(record["sst"]) == {"train", "dev"}
     # two rows fewer and every label flipped: the same number of batches, other data
@@ -236,14 +226,9 @@ def test_a_resume_on_changed_data_is_refused_unless_the_user_says_to_go_on(
 
 def test_a_run_without_a_data_record_still_resumes_with_a_warning(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     (run / "data.json").unlink()  # as a run of an older palbert
     capsys.readouterr()
     assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
@@ -282,14 +267,9 @@ def test_an_accepted_override_on_resume_is_kept_in_the_recipe(tiny_setup, tmp_pa
     import yaml
 
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     assert main(["train", str(path), "--resume", str(run), "train.log_every=2"]) == 0
     assert yaml.safe_load((run / "recipe.yaml").read_text())["train"]["log_every"] == 2
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -445,15 +425,10 @@ def test_nothing_non_finite_is_saved(
 
 def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
     from palbert.training.runfolder import hold
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     held = hold(run)  # as another `palbert train --resume` would
     try:
         before = snapshot(run)
@@ -469,31 +444,16 @@ def test_a_run_being_trained_is_not_resumed_twice(tiny_setup, tmp_path, capsys):
 
 def test_resume_removes_what_a_killed_run_left_behind(tiny_setup, tmp_path):
     from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
+    from palbert.training.run import train
 
     backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
+    path, run = interrupted_run(tmp_path, backbone, data)
     (run / ".last.tmp-x1y2").mkdir()
     (run / ".last.tmp-x1y2" / "weights.safetensors").write_bytes(b"half")
     (run / ".best.safetensors.abc123.tmp").write_bytes(b"half")
     (run / ".summary.json.q.tmp").write_text("{")
     train(load_recipe(path), resume=run, progress=False)
     assert not [p.name for p in run.glob(".*")]
-
-
-def interrupted_run(tiny_setup, tmp_path):
-    from palbert.recipe import load_recipe
-    from palbert.training.run import TrainingInterrupted, train
-
-    backbone, data = tiny_setup
-    path = write_recipe(tmp_path, backbone, data, train={"save_every": 2})
-    with pytest.raises(TrainingInterrupted):
-        train(load_recipe(path), progress=False, stop_at_step=2)
-    (run,) = (tmp_path / "runs").iterdir()
-    return path, run
 
 
 @pytest.mark.parametrize(
@@ -520,7 +480,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
 ):
     from palbert.cli import main
 
-    path, run = interrupted_run(tiny_setup, tmp_path)
+    path, run = interrupted_run(tmp_path, *tiny_setup)
     damage(run)
     before = snapshot(run)
     capsys.readouterr()
@@ -554,7 +514,7 @@ def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):
 def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, capsys):
     from palbert.cli import main
 
-    _, run = interrupted_run(tiny_setup, tmp_path)
+    _, run = interrupted_run(tmp_path, *tiny_setup)
     lines = (run / "metrics.jsonl").read_bytes().splitlines()
     lines[0] = b'{"type": "train", "step": 1, "loss": {"sst": 0.5\xff}}'
     (run / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")

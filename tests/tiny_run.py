@@ -171,6 +171,19 @@ class CLSHead(nn.Module):
         return self.linear(features[0].last_hidden_state[:, 0])
 
 
+def interrupted_run(tmp: Path, backbone: Path, data: Path) -> tuple[Path, Path]:
+    """(recipe, run folder) of a tiny run stopped as if killed right after step 2's
+    checkpoint, under ``tmp/runs``."""
+    from palbert.recipe import load_recipe
+    from palbert.training.run import TrainingInterrupted, train
+
+    path = write_recipe(tmp, backbone, data, train={"save_every": 2})
+    with pytest.raises(TrainingInterrupted):
+        train(load_recipe(path), progress=False, stop_at_step=2)
+    (run,) = (tmp / "runs").iterdir()
+    return path, run
+
+
 def run_fresh(code: str) -> str:
     """Run python code in a new interpreter (nothing shared with this process)."""
     out = subprocess.run(
