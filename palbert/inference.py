@@ -29,7 +29,7 @@ from palbert.choices import PRECISIONS, check_choice
 from palbert.tasks.batching import TokenizedSplit, capped_length, tokenize_examples
 from palbert.tasks.errors import DataError
 from palbert.tasks.predictions import as_rows, decode
-from palbert.tasks.readers import Example, unicode_problem
+from palbert.tasks.readers import Example, text_problem
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -169,15 +169,6 @@ def evaluate(
     return scores
 
 
-def text_problem(text: str) -> str | None:
-    """Why one input text cannot be predicted, or None. Refused as data files refuse such
-    rows: an empty text has nothing to score (an empty pair came out as "identical"), and a
-    lone surrogate cannot be tokenized at all."""
-    if not text.strip():
-        return "empty or whitespace-only text"
-    return unicode_problem(text)
-
-
 class InputError(ValueError):
     """An input that does not fit its task: ``index`` is its position, ``part`` names its
     second text where that is at fault, ``reason`` says why, ``code`` is the kind of fault
@@ -275,6 +266,5 @@ __all__ = [
     "predict",
     "resolve_precision",
     "run_split",
-    "text_problem",
     "tokenize_inputs",
 ]

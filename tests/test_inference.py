@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -92,6 +93,33 @@ def test_an_input_of_the_wrong_kind_is_named_by_its_index(model):
 def test_an_empty_or_invalid_text_is_refused_naming_the_input(model, task, inputs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         model.predict(task, inputs)
+
+
+@pytest.mark.parametrize("text", ["", " \t", "half \ud83d"])
+def test_a_data_row_and_an_input_are_refused_for_one_text_in_the_same_words(model, tmp_path, text):
+    """One rule (``text_problem``) for a data file's rows and for predict's inputs: a text
+    palbert would not train on, it does not predict either, and says why in the same words."""
+    from palbert.inference import InputError
+    from palbert.tasks.errors import DataError
+
+    rows = [
+        {"id": "a", "sentence": "fine", "sentiment": 1},
+        {"id": "b", "sentence": text, "sentiment": 0},
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {
+        "name": "s",
+        "extends": "sst",
+        "format": "jsonl",
+        "files": {"train": str(tmp_path / "d.jsonl")},
+    }
+    with pytest.raises(DataError) as row:
+        build_task(spec, cache_dir=False).read("train")
+    with pytest.raises(InputError) as given:
+        model.predict("sst", ["fine", text])
+    assert [reason for _, _, reason in row.value.problems] == [
+        f"{given.value.reason} in 'sentence'"
+    ]
 
 
 def test_concurrent_predict_equals_one_thread(model):

@@ -74,7 +74,7 @@ EXPECTED_BAD = {
     3: "missing field",
     4: "unknown label 'positive'",
     5: "unknown label '7'",
-    6: "empty text in 'sentence'",
+    6: "empty or whitespace-only text in 'sentence'",
     7: "broken quoting",
     9: "extra field",
     10: "missing label in 'sentiment'",
@@ -537,7 +537,9 @@ def test_hf_dataset_rows_and_classlabel_names(monkeypatch):
     with pytest.warns(DataWarning, match="1 bad row"):
         rows = task.read("dev", on_error="skip")
     assert [(r.id, r.text_a, r.label) for r in rows] == [("1", "good", 1), ("2", "bad", 0)]
-    assert task.skipped == [("glue/sst2[validation]", 3, "empty text in 'sentence'")]
+    assert task.skipped == [
+        ("glue/sst2[validation]", 3, "empty or whitespace-only text in 'sentence'")
+    ]
     assert ("glue", "sst2", "validation") in calls
 
 

@@ -80,6 +80,16 @@ def unicode_problem(text: str) -> str | None:
     )
 
 
+def text_problem(text: str | None) -> str | None:
+    """Why one text cannot be trained on or predicted, or None: the one rule for a data
+    row's texts and for the inputs of ``predict`` and ``palbert serve``. An empty text has
+    nothing to score (an empty pair came out as "identical"), and a lone surrogate cannot be
+    tokenized at all."""
+    if text is None or not text.strip():
+        return "empty or whitespace-only text"
+    return unicode_problem(text)
+
+
 def _bounded_lines(fh: Any, path: Path) -> Iterator[str]:
     """The physical lines of ``fh``, refusing (:class:`DataError` naming the file and line) a
     NUL byte or a line over :data:`MAX_LINE_CHARS`: neither is a text data file, and reading
@@ -552,8 +562,9 @@ def _row_texts(values: dict[str, Any], spec: TaskSpec) -> tuple[list[str | None]
             texts.append(None)
             continue
         t = _text(values[col])
-        if t is None or not t.strip():
-            reasons.append(f"empty text in {col!r}")
+        bad = text_problem(t)
+        if bad:
+            reasons.append(f"{bad} in {col!r}")
         texts.append(t)
     return texts, reasons
 
