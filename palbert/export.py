@@ -41,7 +41,7 @@ import torch
 
 from palbert.backbones import TOKENIZER_FILES
 from palbert.choices import IMPLS
-from palbert.devices import DeviceError, parse_device
+from palbert.devices import parse_device
 from palbert.files import (
     atomic_write_text,
     child,
@@ -53,12 +53,11 @@ from palbert.inference import evaluate, run_split
 from palbert.integrity import IntegrityError, metadata, write_sealed
 from palbert.model import PalBert
 from palbert.recipe import DEFAULT_OUTPUT_DIR
-from palbert.taskfile import DTYPES, TaskFileError, read_task_file
-from palbert.tasks import DataError, build_task, write_predictions
+from palbert.taskfile import DTYPES, read_task_file
+from palbert.tasks import build_task, write_predictions
 from palbert.tasks.predictions import OUTPUT_FORMATS
 from palbert.tasks.spec import INPUT_FORMATS, no_such_task
 from palbert.training.runfolder import (
-    RunFolderError,
     is_run_dir,
     load_run,
     newest_run,
@@ -302,21 +301,14 @@ def _input_task(task, path: Path, fmt: str):
 
 
 def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Print known errors as one line (plus how to fix) instead of a traceback."""
+    """A task a model does not hold (``PalBert.task``'s ``KeyError``) as one line; palbert's
+    own errors are one line through ``cli.main`` already."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (
-            ExportError,
-            DeviceError,
-            RunFolderError,
-            TaskFileError,
-            IntegrityError,
-            DataError,
-            KeyError,
-        ) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        except KeyError as e:  # not a palbert error class; and its str() would quote the text
+            msg = e.args[0] if e.args else e
             print(f"palbert {args.command}: error: {msg}", file=sys.stderr)
             return 2
 

@@ -331,6 +331,32 @@ def test_a_task_file_for_another_encoder_is_refused_at_start(files, tmp_path):
     assert "other.safetensors" in out.stderr, out.stderr
 
 
+def test_bad_arguments_are_one_line_and_exit_2_before_serving(tmp_path, capsys):
+    from palbert import PalBert
+    from palbert.cli import main
+    from palbert.tasks import build_task
+
+    model = PalBert.from_pretrained("random:tiny")
+    task = build_task("sst")
+    model.add_task("sst", task.build_head(model.hidden_size), spec=task)
+    good = str(model.save_task("sst", tmp_path / "sst.safetensors"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.safetensors").write_bytes(b"not a task file")
+    (tmp_path / "token").write_text(" \n")
+    for args, words in (
+        ([good, "--device", "tpu"], "--device"),
+        ([str(tmp_path / "junk.safetensors")], f"task file {tmp_path / 'junk.safetensors'} is"),
+        ([str(tmp_path / "empty")], f"no task file (nor a folder of them): {tmp_path / 'empty'}"),
+        ([good, "--max-batch-rows", "0"], "max_batch_rows must be >= 1"),
+        ([good, "--admin-token-file", str(tmp_path / "token")], "token is empty"),
+    ):
+        assert main(["serve", *args, "--port", "0", "--force"]) == 2, args
+        err = capsys.readouterr().err  # after the line naming the backbone, where one loaded
+        assert "Traceback" not in err and err.endswith("\n"), err
+        last = err.splitlines()[-1]
+        assert last.startswith("palbert serve: error: ") and words in last, err
+
+
 def test_pack_starts_with_the_oldest_and_fills_by_length_under_the_budget():
     widths = [10, 50, 11, 9, 12, 48]
     rows = [1, 1, 2, 1, 1, 1]

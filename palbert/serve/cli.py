@@ -160,13 +160,10 @@ def add_commands(sub: Any) -> None:
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
-    from palbert.export import ExportError
-    from palbert.integrity import IntegrityError
-    from palbert.taskfile import TaskFileError
-
     try:
         return _serve(args)
-    except (ExportError, TaskFileError, IntegrityError, ValueError) as e:
+    # any ValueError (an empty token file, a bad limit), not only palbert's own classes
+    except ValueError as e:
         print(f"palbert serve: error: {e}", file=sys.stderr)
         return 2
 

@@ -16,8 +16,7 @@ from palbert.training.data_record import ALLOW_FLAG
 
 
 def _train(args: argparse.Namespace) -> int:
-    from palbert.recipe import RecipeError, load_recipe
-    from palbert.tasks import DataError
+    from palbert.recipe import load_recipe
     from palbert.training.checkpoint import checkpoint_dir
     from palbert.training.loop import NonFinite
     from palbert.training.run import train
@@ -38,7 +37,9 @@ def _train(args: argparse.Namespace) -> int:
             progress=not no_progress,
             allow_data_change=allow_data_change,
         )
-    except (RecipeError, DataError, ValueError) as e:
+    # beyond cli.main's catch-all: any ValueError (recipe and data errors are ValueErrors) with
+    # train's own prefix (docs/troubleshooting.md), exit 1 for a diverged run, the resume hint
+    except ValueError as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
     except NonFinite as e:
@@ -89,6 +90,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     try:
         out = plot_run(args.run_dir, args.out)
+    # a missing or damaged metrics.jsonl (not palbert's error classes, so not cli.main's)
     except (FileNotFoundError, ValueError) as e:
         print(f"palbert: error: {e}", file=sys.stderr)
         return 2
