@@ -67,3 +67,22 @@ def test_the_docs_serving_table_is_made_from_its_raw_results():
     assert m is not None, "docs/benchmarks.md names no raw results under its serving table"
     result = json.loads((ROOT / m.group(1)).read_text(encoding="utf-8"))
     assert bench.table(result) in text
+
+
+def test_new_runs_record_bench_machine_dict_and_the_table_reads_old_and_new_keys():
+    """bench/serve records bench.machine.machine_info (plus its own keys); the table of a
+    new run heads with the same line as the committed file's, whose machine predates it."""
+    from bench.machine import machine_info
+
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    path = re.search(r"raw results: `(bench/results/serve-[^`]+\.json)`", text).group(1)
+    old = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    new = bench.machine(old["machine"]["note"])
+    assert set(machine_info()) < set(new) and new["device"] == "cpu"
+    # the committed machine under machine_info's names: the same table
+    renamed = {"cpus": "cpu_count", "threads": "torch_threads"}
+    m = {k: v for k, v in old["machine"].items() if k not in renamed.values()}
+    m.update({new_key: old["machine"][old_key] for new_key, old_key in renamed.items()})
+    assert bench.table({**old, "machine": m}) == bench.table(old)
+    header = bench.table({**old, "machine": new}).splitlines()[0]
+    assert header.startswith(f"{new['cpus']} x {new['cpu_model']}, torch {new['torch']}, ")

@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import queue
 import random
 import statistics
@@ -650,24 +649,24 @@ def measure_latency(S, server: Server, saturated_rows_per_s: float, rows, base) 
 # -- the run --------------------------------------------------------------------------------
 
 
-def machine(args, note: str) -> dict:
+def machine(note: str) -> dict:
+    """bench.machine's dict (the servers run on the CPU), with what this bench adds."""
     import torch
     import transformers
 
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpu_count": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")},
-        "command": " ".join(["python -m bench.serve", *sys.argv[1:]]), "note": note,
-        "load_generator": "httpx.AsyncClient in the bench process (competes with the servers "
-                          "for the CPUs; client_cpu_s beside server_cpu_s in every turn)",
-    }  # fmt: skip
+    from bench.machine import machine_info
+
+    return machine_info(
+        torch.device("cpu"),
+        transformers=transformers.__version__,
+        env={
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+        },
+        command=" ".join(["python -m bench.serve", *sys.argv[1:]]),
+        note=note,
+        load_generator="httpx.AsyncClient in the bench process (competes with the servers "
+        "for the CPUs; client_cpu_s beside server_cpu_s in every turn)",
+    )
 
 
 def run_bench(args) -> dict:
@@ -701,7 +700,7 @@ def run_bench(args) -> dict:
         rows = draw_rows(list(BASES), data_dir, S.rows_per_task, args.seed)
         base = {t: t for t in BASES}
         result: dict[str, Any] = {
-            "machine": machine(args, args.note), "tasks": source, "data": str(data_dir),
+            "machine": machine(args.note), "tasks": source, "data": str(data_dir),
             "sizes": vars(S), "seed": args.seed, "started": datetime.now(timezone.utc).isoformat(),
             "results": {},
         }  # fmt: skip
@@ -805,9 +804,11 @@ def _ms(x: dict) -> str:
 def table(result: dict) -> str:
     """The markdown table of a result file."""
     m = result["machine"]
+    # runs from bench.machine.machine_info, or the keys serve-20261204T230249.json has
+    cpus, threads = m.get("cpus", m.get("cpu_count")), m.get("threads", m.get("torch_threads"))
     r = result["results"]
     lines = [
-        f"{m['cpu_count']} x {m['cpu_model']}, torch {m['torch']}, {m['torch_threads']} threads; "
+        f"{cpus} x {m['cpu_model']}, torch {m['torch']}, {threads} threads; "
         f"{m['note']}; tasks: {result['tasks']}; `{m['command']}`",
         "",
         f"mixed three-task serving: {statistics.median(r['offline_vs_serve']['serve_rows_per_s']):.0f} "
