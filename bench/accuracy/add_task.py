@@ -128,15 +128,14 @@ def variant_record(r: dict[str, Any], task: str) -> dict[str, Any]:
     rep = r["report"]
     module, head = rep["tasks"][task]["module"], rep["tasks"][task]["head"]
     full = r["recipe"]["train"]["mode"] == "full"
+    # what adding the task stores: its module and head, or a whole encoder of its own
+    own_encoder = r["recipe"]["module"]["kind"] == "none"
     return {
         "dev": r["dev"][task],
         "score": r["dev"][task][r["primary"][task]],
         "micro_batches": r["batches"].get(task, 0),
         "trainable": (rep["backbone"] if full else 0) + module + head,
-        # what adding the task stores: its module and head, or a whole encoder of its own
-        "new_stored": module
-        + head
-        + (rep["backbone"] if r["recipe"]["module"]["kind"] == "none" else 0),
+        "new_stored": module + head + (rep["backbone"] if own_encoder else 0),
         "run": r["run_dir"],
         "wall_s": r["wall_s"],
         "recipe": r["recipe"],
