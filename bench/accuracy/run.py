@@ -11,6 +11,8 @@
     python -m bench.accuracy.run summary                  # per-seed values, mean, sd (JSON)
     python -m bench.accuracy.run sweep [--dry-run]        # every row's lr sweep, then choice
     python -m bench.accuracy.run ROW --tune [--lr X]      # one trial on the validation carve
+    python -m bench.accuracy.run add-task [--seed S]      # a task added later, four ways
+    python -m bench.accuracy.run add-task-table           # its table (add_task.py)
 
 Rows and their settings: ``bench/accuracy/rows.py`` (on top of ``recipes/quickstart.yaml``).
 Every row writes ``bench/accuracy/results/ROW.json``: dev metrics per task and their mean,
@@ -49,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from bench.accuracy import report
+from bench.accuracy import add_task, report
 from bench.accuracy.rows import (
     BASE_RECIPE,
     DEFAULT_BUDGET,
@@ -275,14 +277,20 @@ def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], f
 def train_palbert(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """One palbert run; its dev scores, parameter report and batches per task."""
     from palbert.recipe import recipe_from_dict
-    from palbert.training.run import load_run, train
+    from palbert.training.run import train
 
     recipe = recipe_from_dict(raw)
     t0 = time.perf_counter()
     run_dir = train(recipe, progress=ctx.progress)
-    wall = time.perf_counter() - t0
+    return run_record(run_dir, raw, time.perf_counter() - t0)
+
+
+def run_record(run_dir: Path, raw: dict[str, Any], wall: float) -> dict[str, Any]:
+    """A finished palbert run's dev scores, parameter report and batches per task."""
+    from palbert.training.run import load_run
+
     summary = json.loads((run_dir / "summary.json").read_text())
-    model, tasks, _ = load_run(run_dir)
+    model, tasks, recipe = load_run(run_dir)
     batches, step_s = count_batches(run_dir, raw)
     return {
         "run_dir": str(run_dir),
@@ -808,7 +816,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="rows: " + ", ".join(ROWS),
     )
     ap.add_argument(
-        "what", help="a row name, 'all', 'sweep', 'table', 'summary', 'plot', 'timing' or 'rows'"
+        "what",
+        help="a row name, 'all', 'sweep', 'table', 'summary', 'plot', 'timing', 'rows', "
+        "'add-task' or 'add-task-table'",
     )
     ap.add_argument(
         "--budget",
@@ -920,6 +930,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "rows":
         print(report.describe_rows())
         return 0
+    if args.what == "add-task-table":
+        print(add_task.table(root))
+        return 0
     names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
     for name in names:
         get_row(name)  # an unknown name stops here, before any run
@@ -967,6 +980,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: validation carve {json.dumps(carved)}", file=sys.stderr)
     if args.what == "sweep":
         return sweep(names, ctx, root, argv, args.skip_done)
+    if args.what == "add-task":
+        add_task.run(ctx, root, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        print(add_task.table(root))
+        return 0
     if args.what == "all":
         failed = []
         forwarded = forward(argv, ("all", "--skip-done"), ("--only",))
