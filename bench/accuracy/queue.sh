@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# The accuracy run queue (issue 22): seeds 1 and 2 of the six rows the issue names, one row
-# at a time at the lowest CPU priority, each finished JSON committed on the current branch.
-# Resumable: rows already done (same budget, seed, tasks, data) are skipped.
+# The accuracy run queue (issue 22): one run at a time at the lowest CPU priority, each
+# finished JSON committed on the current branch. Resumable: trials and rows already done
+# (same budget, seed, tasks, data and learning rate) are skipped.
+#   1. the learning-rate sweep on the validation carve, row by row, the issue's six rows
+#      first (frozen ones leading: their module lr is the one most likely to move), then the
+#      others, so every row gets its three trials; each row's choice goes to choice.json;
+#   2. seeds 0, 1 and 2 of the six rows at their chosen rates (seed 0 reruns only for a row
+#      whose choice changed).
 #   nohup nice -n 19 bash bench/accuracy/queue.sh > /tmp/accuracy-queue.log 2>&1 &
-# Pausing it (kill -STOP / -CONT on its process group) changes no result: nothing in a row
+#   echo 19 > /proc/$!/autogroup   # with autogroup scheduling on, nice ranks only within a session
+# Pausing it (kill -STOP / -CONT on its process group) changes no result: nothing in a run
 # reads the clock for a decision.
 set -u
 cd "$(dirname "$0")/../.."
-ROWS=pal-frozen,peft-lora,pal-full-annealed,separate,pal-full,shared
-for seed in 1 2; do
-  for row in ${ROWS//,/ }; do
-    python bench/accuracy/run.py all --only "$row" --seed "$seed" --skip-done --threads 2 \
+SIX=pal-frozen,peft-lora,pal-full-annealed,separate,pal-full,shared
+OTHERS=palbert-adapters,palbert-low-rank,adapterhub,shared-pcgrad
+
+commit() {  # $1: the message; the index may be locked by other git work for a moment
+  for _ in 1 2 3 4 5; do
+    git add bench/accuracy/results || { sleep 5; continue; }
+    git diff --cached --quiet -- bench/accuracy/results && return 0
+    git commit -q -m "$1" -- bench/accuracy/results && return 0
+    sleep 5
+  done
+}
+
+for row in ${SIX//,/ } ${OTHERS//,/ }; do
+  python -m bench.accuracy.run sweep --only "$row" --skip-done --threads 2 --no-progress
+  commit "bench/accuracy: $row's learning-rate sweep on the validation carve"
+done
+for seed in 0 1 2; do
+  for row in ${SIX//,/ }; do
+    python -m bench.accuracy.run all --only "$row" --seed "$seed" --skip-done --threads 2 \
       --no-progress
-    f=bench/accuracy/results/seed-$seed/$row.json
-    if [ -f "$f" ]; then
-      for _ in 1 2 3 4 5; do  # the index may be locked by other git work for a moment
-        git add "$f" && git commit -q -m "bench/accuracy: $row seed $seed ($(python -c \
-          "import json;r=json.load(open('$f'));print(r['status'], round(r.get('dev_mean',0),4), r['wall_s'],'s')"))" \
-          -- "$f" && break
-        sleep 5
-      done
-    fi
+    commit "bench/accuracy: $row seed $seed at its chosen learning rate"
   done
 done
