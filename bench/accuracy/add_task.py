@@ -29,11 +29,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, set_path
+
+if TYPE_CHECKING:  # run.py imports this module
+    from bench.accuracy.run import Context
 
 RECIPE = ROOT / "recipes" / "add_task.yaml"
 # the added task and the tasks of the encoder it is added to
@@ -46,7 +49,7 @@ def results_path(root: Path, seed: int) -> Path:
     return root / "add-task" / f"seed-{seed}.json"
 
 
-def multi_task_raw(tasks: tuple[str, ...], ctx: Any, root: Path) -> dict[str, Any]:
+def multi_task_raw(tasks: tuple[str, ...], ctx: Context, root: Path) -> dict[str, Any]:
     """The quickstart (the ``pal-full-annealed`` row, at its chosen lr) on ``tasks``."""
     from bench.accuracy.run import chosen_lr, palbert_raw
 
@@ -60,7 +63,7 @@ def multi_task_raw(tasks: tuple[str, ...], ctx: Any, root: Path) -> dict[str, An
 
 
 def single_raw(
-    task: str, variant: str, backbone: str, steps: int, ctx: Any, root: Path
+    task: str, variant: str, backbone: str, steps: int, ctx: Context, root: Path
 ) -> dict[str, Any]:
     """``recipes/add_task.yaml`` for one task: frozen PAL on ``backbone``, or (``separate``)
     the encoder fine-tuned alone without a PAL; each at its table row's chosen lr."""
@@ -85,7 +88,7 @@ def single_raw(
     return raw
 
 
-def run_or_reuse(raw: dict[str, Any], ctx: Any) -> dict[str, Any]:
+def run_or_reuse(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """The run of ``raw``: a complete run folder with the same resolved recipe if one is
     there (runs are deterministic given the seed), else a new one."""
     from bench.accuracy.run import run_record, train_palbert
@@ -142,7 +145,9 @@ def variant_record(r: dict[str, Any], task: str) -> dict[str, Any]:
     }
 
 
-def grow(base: dict[str, Any], added: dict[str, Any], task: str, folder: Path, data: Path):
+def grow(
+    base: dict[str, Any], added: dict[str, Any], task: str, folder: Path, data: Path
+) -> dict[str, Any]:
     """Export the base run's tasks into ``folder``, then the added task beside them; what
     changed, the fingerprints and ``palbert eval`` of the whole folder."""
     from palbert.cli import main as palbert
@@ -178,7 +183,7 @@ def same(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-6 for k in a)
 
 
-def run_case(task: str, ctx: Any, root: Path) -> dict[str, Any]:
+def run_case(task: str, ctx: Context, root: Path) -> dict[str, Any]:
     from palbert.cli import main as palbert
 
     base_tasks = CASES[task]
@@ -210,7 +215,7 @@ def run_case(task: str, ctx: Any, root: Path) -> dict[str, Any]:
     }
 
 
-def run(ctx: Any, root: Path, started: str) -> dict[str, Any]:
+def run(ctx: Context, root: Path, started: str) -> dict[str, Any]:
     """Every case (``CASES``), written to ``results/add-task/seed-S.json``."""
     from bench.accuracy.run import machine, versions, write_json
 

@@ -911,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
             "(run.py sweep), never on dev"
         )
     tune = args.tune or args.what == "sweep"
-    if args.tune and args.what in ("all", "sweep"):
+    if args.tune and args.what in ("all", "sweep", "add-task"):
         raise SystemExit(f"--tune runs one row; `{args.what}` is not one (sweep runs the trials)")
     results = seed_results(root / "sweep" if tune else root, args.seed)
     if args.what == "table":
