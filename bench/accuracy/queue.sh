@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accuracy run queue (issue 22): one run at a time at the lowest CPU priority, each
-# finished JSON committed on the current branch. Resumable: trials and rows already done
+# finished JSON (a sweep trial, a row's choice, a seed) committed on the current branch. Resumable: trials and rows already done
 # (same budget, seed, tasks, data and learning rate) are skipped.
 #   1. the learning-rate sweep on the validation carve, row by row, the issue's six rows
 #      first (frozen ones leading: their module lr is the one most likely to move), then the
@@ -26,8 +26,14 @@ commit() {  # $1: the message; the index may be locked by other git work for a m
 }
 
 for row in ${SIX//,/ } ${OTHERS//,/ }; do
+  # trial by trial, each committed as it ends: a machine lost mid-row keeps what finished
+  python -m bench.accuracy.run sweep --only "$row" --dry-run | grep -- '--tune' |
+    while read -r cmd; do
+      $cmd --skip-done --threads 2 --no-progress
+      commit "bench/accuracy: sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve"
+    done
   python -m bench.accuracy.run sweep --only "$row" --skip-done --threads 2 --no-progress
-  commit "bench/accuracy: $row's learning-rate sweep on the validation carve"
+  commit "bench/accuracy: $row's learning-rate choice from its sweep"
 done
 for seed in 0 1 2; do
   for row in ${SIX//,/ }; do
