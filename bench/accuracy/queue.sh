@@ -11,8 +11,9 @@
 #   echo 19 > /proc/$!/autogroup   # with autogroup scheduling on, nice ranks only within a session
 # Pausing it (kill -STOP / -CONT on its process group) changes no result: nothing in a run
 # reads the clock for a decision.
-set -u
+set -uo pipefail
 cd "$(dirname "$0")/../.."
+stop() { echo "queue.sh: stopped: $1" >&2; exit 1; }  # a failed run is looked at, not skipped
 SIX=pal-frozen,peft-lora,pal-full-annealed,separate,pal-full,shared
 OTHERS=palbert-adapters,palbert-low-rank,adapterhub,shared-pcgrad
 
@@ -27,18 +28,20 @@ commit() {  # $1: the message; the index may be locked by other git work for a m
 
 for row in ${SIX//,/ } ${OTHERS//,/ }; do
   # trial by trial, each committed as it ends: a machine lost mid-row keeps what finished
-  python -m bench.accuracy.run sweep --only "$row" --dry-run | grep -- '--tune' |
-    while read -r cmd; do
-      $cmd --skip-done --threads 2 --no-progress
-      commit "bench/accuracy: sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve"
-    done
-  python -m bench.accuracy.run sweep --only "$row" --skip-done --threads 2 --no-progress
+  trials=$(python -m bench.accuracy.run sweep --only "$row" --dry-run | grep -- '--tune') ||
+    stop "sweep --only $row --dry-run"
+  while read -r cmd; do
+    $cmd --skip-done --threads 2 --no-progress < /dev/null || stop "$cmd"
+    commit "bench/accuracy: sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve"
+  done <<< "$trials"
+  python -m bench.accuracy.run sweep --only "$row" --skip-done --threads 2 --no-progress ||
+    stop "sweep --only $row"
   commit "bench/accuracy: $row's learning-rate choice from its sweep"
 done
 for seed in 0 1 2; do
   for row in ${SIX//,/ }; do
     python -m bench.accuracy.run all --only "$row" --seed "$seed" --skip-done --threads 2 \
-      --no-progress
+      --no-progress || stop "all --only $row --seed $seed"
     commit "bench/accuracy: $row seed $seed at its chosen learning rate"
   done
 done
