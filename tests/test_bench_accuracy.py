@@ -423,6 +423,13 @@ def test_sweep_runs_every_trial_on_the_carve_and_later_runs_use_the_choice(tmp_p
     calls.clear()
     assert run.main(["sweep", "--only", "pal-full,pal-frozen", "--skip-done", *common]) == 0
     assert calls == []
+    # so does one trial run alone, as queue.sh runs them; one not yet run is run
+    ran = []
+    monkeypatch.setattr(run, "run_row", lambda name, ctx: ran.append(ctx.lr) or {"status": "ok"})
+    assert run.main(["pal-full", "--tune", "--lr", "1e-4", "--skip-done", *common]) == 0
+    assert ran == []
+    assert run.main(["pal-full", "--tune", "--lr", "7e-5", "--skip-done", *common]) == 0
+    assert ran == [7e-5]
 
     # a later run of the row (any seed) trains at the chosen value and says where it came from
     seen = {}

@@ -866,7 +866,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--skip-done",
         action="store_true",
-        help="all: skip rows whose JSON finished with the same budget, seed and tasks",
+        help="skip a row or sweep trial whose JSON finished with the same budget, seed, "
+        "tasks, data and learning rate",
     )
     return ap
 
@@ -1007,6 +1008,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lr, source = chosen_lr(row, root)
         ctx = dataclasses.replace(ctx, lr=lr, lr_source=source)
+    path = ctx.results / result_name(row, ctx)
+    if args.skip_done and done(path, ctx, ctx.lr if ctx.lr is not None else default_lr(row, ctx)):
+        print(f"bench: {path.name} done already, skipped", file=sys.stderr)
+        return 0
     result = run_row(row.name, ctx)
     return 0 if result["status"] == "ok" else 1
 
