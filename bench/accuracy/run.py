@@ -237,6 +237,8 @@ def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], f
     """Micro-batches each task trained on, from the run's per-step metrics.jsonl lines, and
     the seconds spent in training steps (each line's rows / examples_per_s; rows taken as
     the batch sizes, so a pass's last, partial batch counts as full)."""
+    from palbert.training.runlog import read_metrics
+
     accum = raw["train"].get("grad_accum", 1)
     per = raw["sampler"].get("per", "step")
     sizes = {
@@ -248,9 +250,8 @@ def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], f
     }
     counts: dict[str, int] = {}
     steps, seconds = 0, 0.0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") != "train":
+    for rec in read_metrics(run_dir):
+        if rec["type"] != "train":
             continue
         steps += 1
         names = list(rec["loss"])
