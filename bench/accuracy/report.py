@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy.rows import ROWS, result_lr
+from bench.accuracy.rows import ROWS, result_lr, today_lr, trial_file
 
 TASK_COLUMNS = {
     "sst": "SST acc",
@@ -204,6 +204,44 @@ def table(folder: Path) -> str:
     if any(r.get("quick") for r in done):
         lines.append("**Quick smoke-test results (--quick): not a measurement.**")
     return "\n".join(lines + notes)
+
+
+def sweep_table(folder: Path) -> str:
+    """Each row's learning-rate sweep as markdown: the validation mean (the 10% carve, never
+    dev) of every trial that finished in ``folder/sweep/``, today's value marked, and the
+    choice once all three have run (``choice.json``). What ``run.py sweep-table`` prints."""
+    sweep = Path(folder) / "sweep"
+    path = sweep / "choice.json"
+    choices = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    lines = [
+        "| row | swept | validation mean per trial (* today's value) | chosen |",
+        "|---|---|---|---|",
+    ]
+    swept = 0
+    for name, row in ROWS.items():
+        today = today_lr(row)
+        cells = []
+        for v in row.sweep.values:
+            f = sweep / trial_file(name, v)
+            r = json.loads(f.read_text()) if f.is_file() else {}
+            ok = r.get("status") == "ok" and r.get("split") == "validation"
+            cells.append(
+                f"{v:g}{'*' if v == today else ''}: "
+                + (f"{r['validation_mean']:.4f}" if ok else "not run")
+            )
+            swept += ok
+        c = choices.get(name)
+        chosen = "not chosen yet"
+        if c:
+            chosen = f"{c['chosen']:g}" + (" (changed)" if c["changed"] else " (today's)")
+        lines.append(f"| {name} | `{row.sweep.param}` | {' · '.join(cells)} | {chosen} |")
+    trials = sum(len(r.sweep.values) for r in ROWS.values())
+    lines.append("")
+    lines.append(
+        f"{swept} of {trials} trials run; each trains on 90% of every training file and is "
+        "scored on the other 10% (seed 0); a row is chosen once its three trials have run."
+    )
+    return "\n".join(lines)
 
 
 def timing(folder: Path) -> str:

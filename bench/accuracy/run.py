@@ -67,6 +67,8 @@ from bench.accuracy.rows import (
     get_row,
     result_lr,
     set_path,
+    today_lr,
+    trial_file,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -645,7 +647,7 @@ def result_name(row: Row, ctx: Context) -> str:
     """``ROW.json``; a sweep trial's name carries its learning rate (``ROW-lr0.0002.json``)."""
     if not ctx.tune:
         return f"{row.name}.json"
-    return f"{row.name}-lr{get_path(row_raw(row, ctx), row.sweep.param):g}.json"
+    return trial_file(row.name, get_path(row_raw(row, ctx), row.sweep.param))
 
 
 def done(path: Path, ctx: Context, lr: float | None = None) -> bool:
@@ -819,7 +821,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "what",
         help="a row name, 'all', 'sweep', 'table', 'summary', 'plot', 'timing', 'rows', "
-        "'add-task' or 'add-task-table'",
+        "'add-task', 'add-task-table' or 'sweep-table'",
     )
     ap.add_argument(
         "--budget",
@@ -935,6 +937,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "add-task-table":
         print(add_task.table(root))
         return 0
+    if args.what == "sweep-table":
+        print(report.sweep_table(root))
+        return 0
     names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
     for name in names:
         get_row(name)  # an unknown name stops here, before any run
@@ -991,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         forwarded = forward(argv, ("all", "--skip-done"), ("--only",))
         for name in names:
             lr = chosen_lr(get_row(name), root)[0]
-            lr = lr if lr is not None else default_lr(get_row(name), ctx)
+            lr = lr if lr is not None else today_lr(get_row(name))
             if args.skip_done and done(results / f"{name}.json", ctx, lr):
                 print(f"bench: {name} done already, skipped", file=sys.stderr)
                 continue
@@ -1010,16 +1015,11 @@ def main(argv: list[str] | None = None) -> int:
         lr, source = chosen_lr(row, root)
         ctx = dataclasses.replace(ctx, lr=lr, lr_source=source)
     path = ctx.results / result_name(row, ctx)
-    if args.skip_done and done(path, ctx, ctx.lr if ctx.lr is not None else default_lr(row, ctx)):
+    if args.skip_done and done(path, ctx, ctx.lr if ctx.lr is not None else today_lr(row)):
         print(f"bench: {path.name} done already, skipped", file=sys.stderr)
         return 0
     result = run_row(row.name, ctx)
     return 0 if result["status"] == "ok" else 1
-
-
-def default_lr(row: Row, ctx: Context) -> float:
-    """The row's learning rate before any sweep: the quickstart's with the row's changes."""
-    return get_path(row_raw(row, dataclasses.replace(ctx, lr=None)), row.sweep.param)
 
 
 def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done: bool) -> int:
@@ -1048,7 +1048,7 @@ def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done
         if all(done(f, dataclasses.replace(ctx, lr=lr), lr) for lr, f in files.items()):
             trials = {lr: json.loads(f.read_text()) for lr, f in files.items()}
             choices["rows"][name] = {
-                **choose(row, trials, default_lr(row, ctx)),
+                **choose(row, trials, today_lr(row)),
                 "seed": ctx.seed,
                 "budget": ctx.budget,
                 "trials": [str(f) for f in files.values()],
