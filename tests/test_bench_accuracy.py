@@ -496,6 +496,12 @@ def test_the_sweep_table_shows_every_trial_and_a_choice_only_when_all_three_ran(
     assert row.endswith("| not chosen yet |")
     assert lines[-1].startswith(f"4 of {3 * len(ROWS)} trials run")
     assert len([x for x in lines if x.startswith("| ")]) == len(ROWS) + 1
+    # `run.py rows` says the same: each row's sweep and its choice, where there is one
+    rows = report.describe_rows(tmp_path)
+    assert (
+        "  sweep: optimizer.task_lr over 0.0002*, 0.0006, 0.002 (* today's); chosen 0.0006" in rows
+    )
+    assert rows.count("not chosen yet") == len(ROWS) - 1
 
 
 def test_the_docs_sweep_table_is_what_sweep_table_prints():

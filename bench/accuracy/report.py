@@ -334,8 +334,11 @@ def plot(folder: Path, out: Path) -> Path:
     return out
 
 
-def describe_rows() -> str:
-    """Each row's settings on top of recipes/quickstart.yaml."""
+def describe_rows(folder: Path) -> str:
+    """Each row's settings on top of recipes/quickstart.yaml, its sweep (rows.py) and the
+    choice of it in ``folder/sweep/choice.json``."""
+    path = Path(folder) / "sweep" / "choice.json"
+    choices = json.loads(path.read_text())["rows"] if path.is_file() else {}
     out = []
     for r in ROWS.values():
         parts = [f"{r.name}: {r.title}", f"  runner: {r.runner}"]
@@ -347,5 +350,9 @@ def describe_rows() -> str:
             parts.append(f"  replays the task plan of: {r.plan_from}")
         if r.annealed_epochs:
             parts.append(f"  sampler epochs within the budget: {r.annealed_epochs}")
+        values = ", ".join(f"{v:g}" + ("*" if v == today_lr(r) else "") for v in r.sweep.values)
+        c = choices.get(r.name)
+        chosen = f"chosen {c['chosen']:g} ({path})" if c else "not chosen yet: runs at *"
+        parts.append(f"  sweep: {r.sweep.param} over {values} (* today's); {chosen}")
         out.append("\n".join(parts))
     return "\n".join(out)

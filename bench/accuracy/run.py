@@ -932,7 +932,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.timing(results))
         return 0
     if args.what == "rows":
-        print(report.describe_rows())
+        print(report.describe_rows(root))
         return 0
     if args.what == "add-task-table":
         print(add_task.table(root))
