@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    from palbert.backbones import BackboneError
+    from palbert.errors import BackboneError, report
 
     known = _known_errors()
     stdout = sys.stdout
@@ -125,17 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BackboneError as e:
-        print(f"palbert: error: {e}", file=sys.stderr)
+        report(args.command, e)
         return 2
     except known as e:  # a command's own handler missed it: still one line, never a traceback
-        print(f"palbert {args.command}: error: {e}", file=sys.stderr)
+        report(args.command, e)
         return 2
     except KeyboardInterrupt:  # whatever was being written is whole or absent (palbert.files)
         print(f"\npalbert {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full disk, a read-only folder, a file that vanished
         where = f": {e.filename}" if e.filename else ""
-        print(f"palbert {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        report(args.command, f"{e.strerror or e}{where}")
         return 2
     finally:
         sys.stdout = stdout

@@ -42,6 +42,7 @@ import torch
 from palbert.backbones import TOKENIZER_FILES
 from palbert.choices import IMPLS
 from palbert.devices import parse_device
+from palbert.errors import report
 from palbert.files import (
     atomic_write_text,
     child,
@@ -309,7 +310,7 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
             return fn(args)
         except KeyError as e:  # not a palbert error class; and its str() would quote the text
             msg = e.args[0] if e.args else e
-            print(f"palbert {args.command}: error: {msg}", file=sys.stderr)
+            report(args.command, msg)
             return 2
 
     return run

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench.accuracy import report, run
-from bench.accuracy.rows import ROWS, get_row, result_lr
+from bench.accuracy.rows import ROWS, get_row, result_lr, today_lr
 
 # MiniLM (H=384, 6 layers): a PAL with d_pal=102 and shared V^E/V^D, and LoRA r=8 on query
 # and value (A: 8x384, B: 384x8, no bias) in every layer
@@ -221,7 +221,7 @@ def _result(row, seed, primary, lr=None, status="ok", examples=(100, 200, 80)):
         "machine": {"cpus": 2, "platform": "Linux"},
         "tuning": {
             "param": ROWS[row].sweep.param,
-            "value": lr or run.default_lr(ROWS[row], _ctx(None)),
+            "value": lr or today_lr(ROWS[row]),
         },
     }
     if status != "ok":
@@ -353,7 +353,7 @@ def test_every_row_sweeps_three_values_of_its_main_learning_rate_including_today
         frozen = raw["train"]["mode"] == "frozen"
         # frozen rows tune the task-module lr, rows that fine-tune the encoder its lr
         assert row.sweep.param == ("optimizer.task_lr" if frozen else "optimizer.lr"), name
-        assert run.default_lr(row, _ctx(tmp_path)) in values, name  # today's value is a trial
+        assert today_lr(row) in values, name  # today's value is a trial
 
 
 def _trial(row, lr, mean, split="validation"):
@@ -471,3 +471,40 @@ def test_a_tune_trial_trains_on_the_carve_and_scores_validation_not_dev(data_dir
         "quora": 230,
         "sts": 230,
     }
+
+
+def test_the_sweep_table_shows_every_trial_and_a_choice_only_when_all_three_ran(tmp_path):
+    sweep = tmp_path / "sweep"
+    frozen = ROWS["pal-frozen"]
+    trials = {
+        v: _trial("pal-frozen", v, m)
+        for v, m in zip(frozen.sweep.values, (0.70, 0.72, 0.71), strict=True)
+    }
+    for v, r in trials.items():
+        run.write_json(sweep / f"pal-frozen-lr{v:g}.json", r)
+    run.write_json(sweep / "peft-lora-lr0.0006.json", _trial("peft-lora", 6e-4, 0.69))
+    # a dev-scored file under a trial's name is not shown as a validation score
+    run.write_json(sweep / "peft-lora-lr0.002.json", _trial("peft-lora", 2e-3, 0.9, "dev"))
+    choice = run.choose(frozen, trials, today_lr(frozen))
+    run.write_json(sweep / "choice.json", {"rows": {"pal-frozen": choice}})
+    lines = report.sweep_table(tmp_path).splitlines()
+    row = next(x for x in lines if x.startswith("| pal-frozen |"))
+    assert "0.0002*: 0.7000 · 0.0006: 0.7200 · 0.002: 0.7100" in row
+    assert row.endswith("| 0.0006 (changed) |")
+    row = next(x for x in lines if x.startswith("| peft-lora |"))
+    assert "0.0002*: not run · 0.0006: 0.6900 · 0.002: not run" in row
+    assert row.endswith("| not chosen yet |")
+    assert lines[-1].startswith(f"4 of {3 * len(ROWS)} trials run")
+    assert len([x for x in lines if x.startswith("| ")]) == len(ROWS) + 1
+    # `run.py rows` says the same: each row's sweep and its choice, where there is one
+    rows = report.describe_rows(tmp_path)
+    assert (
+        "  sweep: optimizer.task_lr over 0.0002*, 0.0006, 0.002 (* today's); chosen 0.0006" in rows
+    )
+    assert rows.count("not chosen yet") == len(ROWS) - 1
+
+
+def test_the_docs_sweep_table_is_what_sweep_table_prints():
+    """docs/benchmarks.md holds `run.py sweep-table` of the committed sweep results."""
+    docs = (run.ROOT / "docs" / "benchmarks.md").read_text()
+    assert report.sweep_table(run.RESULTS) in docs

@@ -410,7 +410,7 @@ def test_nothing_non_finite_is_saved(
     backbone, data = tiny_setup
     path = write_recipe(tmp_path, backbone, data, train={"save_every": 1}, eval={"every": 2})
     assert main(["train", str(path), "--no-progress"]) == 1
-    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("palbert: error")]
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("palbert train: error")]
     assert len(line) == 1 and "optimizer step 3" in line[0] and "last good checkpoint" in line[0]
     assert ("gradient norm is nan" if fault == "gradient" else "is not finite") in line[0]
     (run,) = (tmp_path / "runs").iterdir()
@@ -506,7 +506,7 @@ def test_ctrl_c_says_how_to_continue(tiny_setup, tmp_path, monkeypatch, capsys):
     assert main(["train", str(path), "--no-progress"]) == 130
     (run,) = (tmp_path / "runs").iterdir()
     err = capsys.readouterr().err
-    assert f"palbert: interrupted; continue with: palbert train {path} --resume {run}" in err
+    assert f"palbert train: interrupted; continue with: palbert train {path} --resume {run}" in err
     monkeypatch.setattr(Trainer, "step", step)
     assert main(["train", str(path), "--resume", str(run), "--no-progress"]) == 0
 
@@ -520,7 +520,7 @@ def test_plot_names_the_line_of_a_damaged_metrics_file(tiny_setup, tmp_path, cap
     (run / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     capsys.readouterr()
     assert main(["plot", str(run)]) == 2
-    line = one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err, "plot")
     assert "metrics.jsonl:1: not a JSON record (not UTF-8 text)" in line
 
 

@@ -151,9 +151,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def one_line_error(err: str) -> str:
+def one_line_error(err: str, command: str = "train") -> str:
     lines = [x for x in err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("palbert: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"palbert {command}: error: "), err
     return lines[0]
 
 

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy.rows import ROWS, result_lr
+from bench.accuracy.rows import ROWS, result_lr, today_lr, trial_file
 
 TASK_COLUMNS = {
     "sst": "SST acc",
@@ -206,6 +206,44 @@ def table(folder: Path) -> str:
     return "\n".join(lines + notes)
 
 
+def sweep_table(folder: Path) -> str:
+    """Each row's learning-rate sweep as markdown: the validation mean (the 10% carve, never
+    dev) of every trial that finished in ``folder/sweep/``, today's value marked, and the
+    choice once all three have run (``choice.json``). What ``run.py sweep-table`` prints."""
+    sweep = Path(folder) / "sweep"
+    path = sweep / "choice.json"
+    choices = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    lines = [
+        "| row | swept | validation mean per trial (* today's value) | chosen |",
+        "|---|---|---|---|",
+    ]
+    swept = 0
+    for name, row in ROWS.items():
+        today = today_lr(row)
+        cells = []
+        for v in row.sweep.values:
+            f = sweep / trial_file(name, v)
+            r = json.loads(f.read_text()) if f.is_file() else {}
+            ok = r.get("status") == "ok" and r.get("split") == "validation"
+            cells.append(
+                f"{v:g}{'*' if v == today else ''}: "
+                + (f"{r['validation_mean']:.4f}" if ok else "not run")
+            )
+            swept += ok
+        c = choices.get(name)
+        chosen = "not chosen yet"
+        if c:
+            chosen = f"{c['chosen']:g}" + (" (changed)" if c["changed"] else " (today's)")
+        lines.append(f"| {name} | `{row.sweep.param}` | {' · '.join(cells)} | {chosen} |")
+    trials = sum(len(r.sweep.values) for r in ROWS.values())
+    lines.append("")
+    lines.append(
+        f"{swept} of {trials} trials run; each trains on 90% of every training file and is "
+        "scored on the other 10% (seed 0); a row is chosen once its three trials have run."
+    )
+    return "\n".join(lines)
+
+
 def timing(folder: Path) -> str:
     """Each row's training time per micro-batch, wall and CPU seconds, and the machine's load
     (the rows' times compare only when they ran on equally quiet machines)."""
@@ -296,8 +334,11 @@ def plot(folder: Path, out: Path) -> Path:
     return out
 
 
-def describe_rows() -> str:
-    """Each row's settings on top of recipes/quickstart.yaml."""
+def describe_rows(folder: Path) -> str:
+    """Each row's settings on top of recipes/quickstart.yaml, its sweep (rows.py) and the
+    choice of it in ``folder/sweep/choice.json``."""
+    path = Path(folder) / "sweep" / "choice.json"
+    choices = json.loads(path.read_text())["rows"] if path.is_file() else {}
     out = []
     for r in ROWS.values():
         parts = [f"{r.name}: {r.title}", f"  runner: {r.runner}"]
@@ -309,5 +350,9 @@ def describe_rows() -> str:
             parts.append(f"  replays the task plan of: {r.plan_from}")
         if r.annealed_epochs:
             parts.append(f"  sampler epochs within the budget: {r.annealed_epochs}")
+        values = ", ".join(f"{v:g}" + ("*" if v == today_lr(r) else "") for v in r.sweep.values)
+        c = choices.get(r.name)
+        chosen = f"chosen {c['chosen']:g} ({path})" if c else "not chosen yet: runs at *"
+        parts.append(f"  sweep: {r.sweep.param} over {values} (* today's); {chosen}")
         out.append("\n".join(parts))
     return "\n".join(out)

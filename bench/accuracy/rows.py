@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE_RECIPE = ROOT / "recipes" / "quickstart.yaml"
 TASKS = ("sst", "quora", "sts")  # + cfimdb with --cfimdb
@@ -214,6 +216,18 @@ def result_lr(result: dict[str, Any]) -> float | None:
     if row is None or recipe is None:
         return None
     return get_path(recipe, row.sweep.param)
+
+
+def today_lr(row: Row) -> float:
+    """The row's swept learning rate before any sweep: the base recipe's with the row's
+    changes (one of its sweep values)."""
+    raw = deep_merge(yaml.safe_load(BASE_RECIPE.read_text()), row.recipe)
+    return get_path(raw, row.sweep.param)
+
+
+def trial_file(name: str, value: float) -> str:
+    """A sweep trial's JSON under ``results/sweep/``: ``ROW-lrVALUE.json``."""
+    return f"{name}-lr{value:g}.json"
 
 
 def get_row(name: str) -> Row:

@@ -67,6 +67,8 @@ from bench.accuracy.rows import (
     get_row,
     result_lr,
     set_path,
+    today_lr,
+    trial_file,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -237,6 +239,8 @@ def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], f
     """Micro-batches each task trained on, from the run's per-step metrics.jsonl lines, and
     the seconds spent in training steps (each line's rows / examples_per_s; rows taken as
     the batch sizes, so a pass's last, partial batch counts as full)."""
+    from palbert.training.runlog import read_metrics
+
     accum = raw["train"].get("grad_accum", 1)
     per = raw["sampler"].get("per", "step")
     sizes = {
@@ -248,9 +252,8 @@ def count_batches(run_dir: Path, raw: dict[str, Any]) -> tuple[dict[str, int], f
     }
     counts: dict[str, int] = {}
     steps, seconds = 0, 0.0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") != "train":
+    for rec in read_metrics(run_dir):
+        if rec["type"] != "train":
             continue
         steps += 1
         names = list(rec["loss"])
@@ -644,7 +647,7 @@ def result_name(row: Row, ctx: Context) -> str:
     """``ROW.json``; a sweep trial's name carries its learning rate (``ROW-lr0.0002.json``)."""
     if not ctx.tune:
         return f"{row.name}.json"
-    return f"{row.name}-lr{get_path(row_raw(row, ctx), row.sweep.param):g}.json"
+    return trial_file(row.name, get_path(row_raw(row, ctx), row.sweep.param))
 
 
 def done(path: Path, ctx: Context, lr: float | None = None) -> bool:
@@ -818,7 +821,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "what",
         help="a row name, 'all', 'sweep', 'table', 'summary', 'plot', 'timing', 'rows', "
-        "'add-task' or 'add-task-table'",
+        "'add-task', 'add-task-table' or 'sweep-table'",
     )
     ap.add_argument(
         "--budget",
@@ -929,10 +932,13 @@ def main(argv: list[str] | None = None) -> int:
         print(report.timing(results))
         return 0
     if args.what == "rows":
-        print(report.describe_rows())
+        print(report.describe_rows(root))
         return 0
     if args.what == "add-task-table":
         print(add_task.table(root))
+        return 0
+    if args.what == "sweep-table":
+        print(report.sweep_table(root))
         return 0
     names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
     for name in names:
@@ -990,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         forwarded = forward(argv, ("all", "--skip-done"), ("--only",))
         for name in names:
             lr = chosen_lr(get_row(name), root)[0]
-            lr = lr if lr is not None else default_lr(get_row(name), ctx)
+            lr = lr if lr is not None else today_lr(get_row(name))
             if args.skip_done and done(results / f"{name}.json", ctx, lr):
                 print(f"bench: {name} done already, skipped", file=sys.stderr)
                 continue
@@ -1009,16 +1015,11 @@ def main(argv: list[str] | None = None) -> int:
         lr, source = chosen_lr(row, root)
         ctx = dataclasses.replace(ctx, lr=lr, lr_source=source)
     path = ctx.results / result_name(row, ctx)
-    if args.skip_done and done(path, ctx, ctx.lr if ctx.lr is not None else default_lr(row, ctx)):
+    if args.skip_done and done(path, ctx, ctx.lr if ctx.lr is not None else today_lr(row)):
         print(f"bench: {path.name} done already, skipped", file=sys.stderr)
         return 0
     result = run_row(row.name, ctx)
     return 0 if result["status"] == "ok" else 1
-
-
-def default_lr(row: Row, ctx: Context) -> float:
-    """The row's learning rate before any sweep: the quickstart's with the row's changes."""
-    return get_path(row_raw(row, dataclasses.replace(ctx, lr=None)), row.sweep.param)
 
 
 def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done: bool) -> int:
@@ -1047,7 +1048,7 @@ def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done
         if all(done(f, dataclasses.replace(ctx, lr=lr), lr) for lr, f in files.items()):
             trials = {lr: json.loads(f.read_text()) for lr, f in files.items()}
             choices["rows"][name] = {
-                **choose(row, trials, default_lr(row, ctx)),
+                **choose(row, trials, today_lr(row)),
                 "seed": ctx.seed,
                 "budget": ctx.budget,
                 "trials": [str(f) for f in files.values()],

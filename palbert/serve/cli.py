@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from palbert.choices import IMPLS
+from palbert.errors import report
 from palbert.serve.app import ServeConfig, compile_encoder, create_app
 from palbert.serve.batcher import BatchLimits
 
@@ -164,7 +165,7 @@ def _serve_cmd(args: argparse.Namespace) -> int:
         return _serve(args)
     # any ValueError (an empty token file, a bad limit), not only palbert's own classes
     except ValueError as e:
-        print(f"palbert serve: error: {e}", file=sys.stderr)
+        report("serve", e)
         return 2
 
 

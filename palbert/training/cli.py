@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from palbert.errors import report
 from palbert.training.data_record import ALLOW_FLAG
 
 
@@ -37,13 +38,13 @@ def _train(args: argparse.Namespace) -> int:
             progress=not no_progress,
             allow_data_change=allow_data_change,
         )
-    # beyond cli.main's catch-all: any ValueError (recipe and data errors are ValueErrors) with
-    # train's own prefix (docs/troubleshooting.md), exit 1 for a diverged run, the resume hint
+    # beyond cli.main's catch-all: any ValueError (recipe and data errors are ValueErrors),
+    # exit 1 for a diverged run, the resume hint
     except ValueError as e:
-        print(f"palbert: error: {e}", file=sys.stderr)
+        report("train", e)
         return 2
     except NonFinite as e:
-        print(f"palbert: error: {e}", file=sys.stderr)
+        report("train", e)
         return 1
     except KeyboardInterrupt as e:
         run = getattr(e, "run_dir", None)
@@ -51,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
             how = f"continue with: palbert train {args.recipe} --resume {run}"
         else:
             how = "no checkpoint was written yet"
-        print(f"\npalbert: interrupted; {how}", file=sys.stderr)
+        print(f"\npalbert train: interrupted; {how}", file=sys.stderr)
         return 130
     print(run_dir)
     return 0
@@ -92,7 +93,7 @@ def _plot(args: argparse.Namespace) -> int:
         out = plot_run(args.run_dir, args.out)
     # a missing or damaged metrics.jsonl (not palbert's error classes, so not cli.main's)
     except (FileNotFoundError, ValueError) as e:
-        print(f"palbert: error: {e}", file=sys.stderr)
+        report("plot", e)
         return 2
     print(out)
     return 0

@@ -7,32 +7,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from palbert.files import atomic_write_with
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a palbert run folder?")
-    records = []
-    lines = path.read_bytes().splitlines()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if i == len(lines):  # a run killed while writing its last record
-                break
-            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-            raise ValueError(f"{path}:{i}: not a JSON record ({why})") from None
-        if not isinstance(record, dict) or "type" not in record:
-            raise ValueError(f"{path}:{i}: not a palbert metrics record")
-        records.append(record)
-    return records
+from palbert.training.runlog import read_metrics
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

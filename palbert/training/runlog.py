@@ -1,6 +1,8 @@
 """A run's log: ``metrics.jsonl`` (one JSON object per line), TensorBoard events in ``tb/``,
 written by rank 0 only. On resume, what was logged after the checkpoint is dropped, so the
-log reads as one uninterrupted run.
+log reads as one uninterrupted run. ``read_metrics`` reads it back::
+
+    evals = [r for r in read_metrics(run_dir) if r["type"] == "eval"]
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ class RunLog:
         path = run_dir / "metrics.jsonl"
         if resume_step is not None and path.exists():
             # drop what was logged after the checkpoint we resume from
-            keep = [  # damaged lines go too (undecodable bytes make them invalid JSON)
-                line
-                for line in path.read_text("utf-8", errors="replace").splitlines()
-                if (record := _record(line)) is not None and record.get("step", 0) <= resume_step
-            ]
-            atomic_write_text(path, "".join(x + "\n" for x in keep))
+            keep = []
+            for line in path.read_bytes().splitlines():
+                try:
+                    record = parse_record(line)
+                except ValueError:  # blank, partial or damaged lines go too
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    keep.append(line.decode("utf-8") + "\n")
+            atomic_write_text(path, "".join(keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -77,14 +82,41 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _record(line: str) -> dict | None:
-    """One metrics.jsonl record, or None for a blank, partial (a run killed mid-write) or
-    damaged line."""
+# -- reading it back ----------------------------------------------------------------------
+
+
+def parse_record(line: bytes) -> dict[str, Any]:
+    """One ``metrics.jsonl`` line as its record; a ValueError says why a line is not one."""
     try:
-        record = json.loads(line) if line.strip() else None
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not a JSON record (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not a JSON record ({e.msg})") from None
+    if not isinstance(record, dict) or "type" not in record:
+        raise ValueError("not a palbert metrics record")
+    return record
 
 
-__all__ = ["RunLog", "json_safe"]
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run's ``metrics.jsonl``, in order. Blank lines are passed over and a
+    damaged last line is taken as a run killed mid-write; any other damaged line is an error
+    naming the file and line."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a palbert run folder?")
+    records = []
+    lines = path.read_bytes().splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse_record(line))
+        except ValueError as e:
+            if i == len(lines):
+                break
+            raise ValueError(f"{path}:{i}: {e}") from None
+    return records
+
+
+__all__ = ["RunLog", "json_safe", "parse_record", "read_metrics"]
