@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bench.accuracy import add_task, run
-from bench.accuracy.rows import ROWS
+from bench.accuracy.rows import ROWS, today_lr
 from palbert.recipe import recipe_from_dict
 
 
@@ -156,3 +156,14 @@ def test_the_docs_added_task_table_is_what_add_task_table_prints():
             assert checks["originals_unchanged"] and checks["one_fingerprint"], (f, task)
             assert checks["added_scores_as_in_its_run"], (f, task)
             assert checks["new_files"] == [f"{task}.safetensors"], (f, task)
+
+
+def test_the_add_task_recipe_trains_at_the_frozen_pal_rows_learning_rate():
+    """recipes/add_task.yaml is the `pal-frozen` row's setting on another encoder: its
+    task-module lr follows that row's sweep once the sweep has chosen (today's until then)."""
+    import yaml
+
+    row = ROWS["pal-frozen"]
+    lr = run.chosen_lr(row, run.RESULTS)[0] or today_lr(row)
+    recipe = yaml.safe_load((run.ROOT / "recipes" / "add_task.yaml").read_text())
+    assert recipe["optimizer"]["task_lr"] == lr
