@@ -19,11 +19,14 @@ stop() { echo "queue.sh: stopped: $1" >&2; exit 1; }  # a failed run is looked a
 SIX="pal-frozen peft-lora pal-full-annealed separate pal-full shared"
 OTHERS="palbert-adapters palbert-low-rank adapterhub shared-pcgrad"
 
-commit() {  # $1: the message; the index may be locked by other git work for a moment
+commit() {  # $1: what ran; the index may be locked by other git work for a moment
+  local files
   for _ in 1 2 3 4 5; do
     git add bench/accuracy/results || { sleep 5; continue; }
     git diff --cached --quiet -- bench/accuracy/results && return 0
-    git commit -q -m "$1" -- bench/accuracy/results && return 0
+    # the message names the files: a skipped run commits what an earlier, killed queue left
+    files=$(git diff --cached --name-only -- bench/accuracy/results | sed 's|bench/accuracy/results/||')
+    git commit -q -m "bench/accuracy: $1: ${files//$'\n'/, }" -- bench/accuracy/results && return 0
     sleep 5
   done
 }
@@ -34,18 +37,18 @@ sweep_row() {  # $1: a row; its trials one by one (a machine lost mid-row keeps 
     stop "sweep --only $1 --dry-run"
   while read -r cmd; do
     $cmd --skip-done --threads 2 --no-progress < /dev/null || stop "$cmd"
-    commit "bench/accuracy: sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve"
+    commit "sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve"
   done <<< "$trials"
   python -m bench.accuracy.run sweep --only "$1" --skip-done --threads 2 --no-progress ||
     stop "sweep --only $1"
-  commit "bench/accuracy: $1's learning-rate choice from its sweep"
+  commit "$1's learning-rate choice from its sweep"
 }
 
 seeds_row() {  # $1: a row; seeds 0, 1 and 2 at its chosen rate
   for seed in 0 1 2; do
     python -m bench.accuracy.run all --only "$1" --seed "$seed" --skip-done --threads 2 \
       --no-progress < /dev/null || stop "all --only $1 --seed $seed"
-    commit "bench/accuracy: $1 seed $seed at its chosen learning rate"
+    commit "$1 seed $seed at its chosen learning rate"
   done
 }
 
