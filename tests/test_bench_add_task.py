@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bench.accuracy import add_task, run
-from bench.accuracy.rows import ROWS, today_lr
+from bench.accuracy.rows import ROWS
 from palbert.recipe import recipe_from_dict
 
 
@@ -158,12 +158,15 @@ def test_the_docs_added_task_table_is_what_add_task_table_prints():
             assert checks["new_files"] == [f"{task}.safetensors"], (f, task)
 
 
-def test_the_add_task_recipe_trains_at_the_frozen_pal_rows_learning_rate():
-    """recipes/add_task.yaml is the `pal-frozen` row's setting on another encoder: its
-    task-module lr follows that row's sweep once the sweep has chosen (today's until then)."""
+def test_the_add_task_recipe_is_the_setting_its_committed_measurement_ran():
+    """recipes/add_task.yaml trains at the task-module lr of the committed add-task
+    measurement's added variant (the figures users read are for the recipe they run); a
+    rerun after the `pal-frozen` sweep's choice moves both together."""
     import yaml
 
-    row = ROWS["pal-frozen"]
-    lr = run.chosen_lr(row, run.RESULTS)[0] or today_lr(row)
+    measured = json.loads((run.RESULTS / "add-task" / "seed-0.json").read_text())
+    lrs = {
+        c["variants"]["added"]["recipe"]["optimizer"]["task_lr"] for c in measured["cases"].values()
+    }
     recipe = yaml.safe_load((run.ROOT / "recipes" / "add_task.yaml").read_text())
-    assert recipe["optimizer"]["task_lr"] == lr
+    assert lrs == {recipe["optimizer"]["task_lr"]}
