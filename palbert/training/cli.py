@@ -79,7 +79,8 @@ def _split_rest(rest: list[str], resume, no_progress: bool):
             if value:
                 resume = value
         elif item.startswith("-"):
-            raise SystemExit(f"palbert train: unknown option {item}")
+            report("train", f"unknown option {item} (palbert train --help lists them)")
+            raise SystemExit(2)  # as argparse's own usage errors
         else:
             overrides.append(item)
         i += 1
