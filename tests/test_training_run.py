@@ -537,3 +537,13 @@ def test_a_damaged_data_record_is_refused_unless_the_user_says_to_go_on(tmp_path
         check_same_data(tmp_path, now)
     check_same_data(tmp_path, now, allow_change=True)
     assert "--allow-data-change" in capsys.readouterr().err
+
+
+def test_an_unknown_option_after_the_recipe_is_one_error_line(capsys):
+    from palbert.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(recipe), "max_steps=3", "--bogus"])
+    assert e.value.code == 2
+    assert "unknown option --bogus" in one_line_error(capsys.readouterr().err)
