@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -355,6 +356,27 @@ def test_bad_arguments_are_one_line_and_exit_2_before_serving(tmp_path, capsys):
         assert "Traceback" not in err and err.endswith("\n"), err
         last = err.splitlines()[-1]
         assert last.startswith("palbert serve: error: ") and words in last, err
+
+
+def test_a_port_in_use_is_one_error_line_and_exit_2(tmp_path, capsys):
+    """uvicorn logs why it could not bind; palbert's last line says what failed."""
+    from palbert import PalBert
+    from palbert.cli import main
+    from palbert.tasks import build_task
+
+    model = PalBert.from_pretrained("minilm")
+    task = build_task("sst")
+    model.add_task("sst", task.build_head(model.hidden_size), spec=task)
+    good = str(model.save_task("sst", tmp_path / "sst.safetensors"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", good, "--host", "127.0.0.1", "--port", str(port)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == (
+        f"palbert serve: error: could not listen on 127.0.0.1:{port} (the reason is logged above)"
+    )
 
 
 def test_pack_starts_with_the_oldest_and_fills_by_length_under_the_budget():

@@ -543,7 +543,19 @@ def test_an_unknown_option_after_the_recipe_is_one_error_line(capsys):
     from palbert.cli import main
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-    with pytest.raises(SystemExit) as e:
-        main(["train", str(recipe), "max_steps=3", "--bogus"])
-    assert e.value.code == 2
+    assert main(["train", str(recipe), "max_steps=3", "--bogus"]) == 2
     assert "unknown option --bogus" in one_line_error(capsys.readouterr().err)
+
+
+def test_read_metrics_passes_over_only_a_killed_last_write(tmp_path):
+    from palbert.training.runlog import read_metrics
+
+    good = b'{"type": "train", "step": 1, "loss": {"sst": 1.0}}\n'
+    (tmp_path / "metrics.jsonl").write_bytes(good + b"\n" + b'{"type": "tr')  # killed mid-write
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+    (tmp_path / "metrics.jsonl").write_bytes(good + b'{"type": "tr\n')  # whole, but damaged
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_bytes(good + b'{"step": 2}\n' + good)
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a palbert metrics record"):
+        read_metrics(tmp_path)

@@ -80,7 +80,14 @@ def _serve(args: argparse.Namespace) -> int:
         )  # fmt: skip
     )
     server.state = app.state.palbert
-    asyncio.run(_run(server, model.tasks, args.host))
+    try:
+        asyncio.run(_run(server, model.tasks, args.host))
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn logs why it could not bind and exits; cli.main prints this line, exit 2
+        where = f"{args.host}:{args.port}"
+        raise OSError(f"could not listen on {where} (the reason is logged above)") from None
     return 0
 
 
@@ -91,7 +98,7 @@ def _say(message: str) -> None:
 async def _run(server: Any, names: list[str], host: str) -> None:
     task = asyncio.create_task(server.serve())
     while not server.started:
-        if task.done():  # bind failed: uvicorn said why
+        if task.done():  # it ended before it started
             await task
             raise SystemExit(1)
         await asyncio.sleep(0.02)

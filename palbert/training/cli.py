@@ -22,13 +22,14 @@ def _train(args: argparse.Namespace) -> int:
     from palbert.training.loop import NonFinite
     from palbert.training.run import train
 
-    overrides, resume, no_progress = _split_rest(args.overrides, args.resume, args.no_progress)
     allow_data_change = args.allow_data_change or ALLOW_FLAG in args.overrides
-    # `--resume key=value` is an override after a bare --resume, not a run folder
-    if isinstance(resume, str) and "=" in resume and not Path(resume).is_dir():
-        overrides.insert(0, resume)
-        resume = True
+    resume = args.resume
     try:
+        overrides, resume, no_progress = _split_rest(args.overrides, resume, args.no_progress)
+        # `--resume key=value` is an override after a bare --resume, not a run folder
+        if isinstance(resume, str) and "=" in resume and not Path(resume).is_dir():
+            overrides.insert(0, resume)
+            resume = True
         recipe = load_recipe(args.recipe, overrides)
         # a resumed run follows its own recipe.yaml; the overrides apply on top of it
         run_dir = train(
@@ -79,8 +80,7 @@ def _split_rest(rest: list[str], resume, no_progress: bool):
             if value:
                 resume = value
         elif item.startswith("-"):
-            report("train", f"unknown option {item} (palbert train --help lists them)")
-            raise SystemExit(2)  # as argparse's own usage errors
+            raise ValueError(f"unknown option {item} (palbert train --help lists them)")
         else:
             overrides.append(item)
         i += 1

@@ -69,7 +69,7 @@ def check_same_data(run_dir: Path, data: Mapping[str, dict], allow_change: bool 
     path = Path(run_dir) / DATA_FILE
     if not path.is_file():
         print(
-            f"palbert: warning: {run_dir} records no fingerprint of its data (an older "
+            f"palbert train: warning: {run_dir} records no fingerprint of its data (an older "
             "palbert wrote it); resuming without checking that the data is the same",
             file=sys.stderr,
         )
@@ -88,7 +88,7 @@ def check_same_data(run_dir: Path, data: Mapping[str, dict], allow_change: bool 
     what = "; ".join(changes) if changes else f"{path} is damaged"
     if allow_change:
         print(
-            f"palbert: warning: resuming {run_dir} without the same data ({ALLOW_FLAG}): {what}",
+            f"palbert train: warning: resuming {run_dir} without the same data ({ALLOW_FLAG}): {what}",
             file=sys.stderr,
         )
         return

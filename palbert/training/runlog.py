@@ -45,7 +45,10 @@ class RunLog:
             purge = None if resume_step is None else resume_step + 1
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
         except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
-            print("palbert: tensorboard is not installed; no tb/ events", file=sys.stderr)
+            print(
+                "palbert train: warning: tensorboard is not installed; no tb/ events",
+                file=sys.stderr,
+            )
 
     def write(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
@@ -100,20 +103,21 @@ def parse_record(line: bytes) -> dict[str, Any]:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of a run's ``metrics.jsonl``, in order. Blank lines are passed over and a
-    damaged last line is taken as a run killed mid-write; any other damaged line is an error
-    naming the file and line."""
+    damaged last line with no newline is taken as a run killed mid-write (each record is one
+    write, newline included); any other damaged line is an error naming the file and line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {run_dir} a palbert run folder?")
     records = []
-    lines = path.read_bytes().splitlines()
+    raw = path.read_bytes()
+    lines = raw.splitlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             records.append(parse_record(line))
         except ValueError as e:
-            if i == len(lines):
+            if i == len(lines) and not raw.endswith(b"\n"):
                 break
             raise ValueError(f"{path}:{i}: {e}") from None
     return records
