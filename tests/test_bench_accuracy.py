@@ -357,7 +357,8 @@ def test_every_row_sweeps_three_values_of_its_main_learning_rate_including_today
 
 
 def _trial(row, lr, mean, split="validation"):
-    r = {"row": row, "status": "ok", "split": split, "tuning": {"value": lr}}
+    r = {"row": row, "status": "ok", "split": split, "tuning": {"value": lr}, "seed": 0}
+    r["budget"] = {"micro_batches": 600}
     return {**r, f"{split}_mean": mean}
 
 
@@ -483,8 +484,14 @@ def test_the_sweep_table_shows_every_trial_and_a_choice_only_when_all_three_ran(
     for v, r in trials.items():
         run.write_json(sweep / f"pal-frozen-lr{v:g}.json", r)
     run.write_json(sweep / "peft-lora-lr0.0006.json", _trial("peft-lora", 6e-4, 0.69))
-    # a dev-scored file under a trial's name is not shown as a validation score
+    # a dev-scored file under a trial's name is not shown as a validation score, a failed
+    # trial is not shown as pending, one of another budget is not shown as this sweep's
     run.write_json(sweep / "peft-lora-lr0.002.json", _trial("peft-lora", 2e-3, 0.9, "dev"))
+    run.write_json(
+        sweep / "pal-full-lr5e-05.json", {**_trial("pal-full", 5e-5, 0.7), "status": "failed"}
+    )
+    other = {**_trial("shared", 5e-5, 0.7), "budget": {"micro_batches": 6}}
+    run.write_json(sweep / "shared-lr5e-05.json", other)
     choice = run.choose(frozen, trials, today_lr(frozen))
     run.write_json(sweep / "choice.json", {"rows": {"pal-frozen": choice}})
     lines = report.sweep_table(tmp_path).splitlines()
@@ -492,7 +499,9 @@ def test_the_sweep_table_shows_every_trial_and_a_choice_only_when_all_three_ran(
     assert "0.0002*: 0.7000 · 0.0006: 0.7200 · 0.002: 0.7100" in row
     assert row.endswith("| 0.0006 (changed) |")
     row = next(x for x in lines if x.startswith("| peft-lora |"))
-    assert "0.0002*: not run · 0.0006: 0.6900 · 0.002: not run" in row
+    assert "0.0002*: not run · 0.0006: 0.6900 · 0.002: not scored on validation" in row
+    assert "5e-05*: failed" in next(x for x in lines if x.startswith("| pal-full |"))
+    assert "5e-05*: other settings" in next(x for x in lines if x.startswith("| shared |"))
     assert row.endswith("| not chosen yet |")
     assert lines[-1].startswith(f"4 of {3 * len(ROWS)} trials run")
     assert len([x for x in lines if x.startswith("| ")]) == len(ROWS) + 1

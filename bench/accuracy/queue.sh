@@ -29,6 +29,7 @@ commit() {  # $1: what ran; the index may be locked by other git work for a mome
     git commit -q -m "bench/accuracy: $1: ${files//$'\n'/, }" -- bench/accuracy/results && return 0
     sleep 5
   done
+  echo "queue.sh: could not commit ($1); the JSON is on disk, commit it by hand" >&2
 }
 
 sweep_row() {  # $1: a row; its trials one by one (a machine lost mid-row keeps what ended)
@@ -37,7 +38,7 @@ sweep_row() {  # $1: a row; its trials one by one (a machine lost mid-row keeps 
     stop "sweep --only $1 --dry-run"
   while read -r cmd; do
     $cmd --skip-done --threads 2 --no-progress < /dev/null || stop "$cmd"
-    commit "sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve"
+    commit "sweep trial ${cmd#python -m bench.accuracy.run } on the validation carve" < /dev/null
   done <<< "$trials"
   python -m bench.accuracy.run sweep --only "$1" --skip-done --threads 2 --no-progress ||
     stop "sweep --only $1"

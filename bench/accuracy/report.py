@@ -14,7 +14,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy.rows import ROWS, result_lr, today_lr, trial_file
+from bench.accuracy.rows import (
+    DEFAULT_BUDGET,
+    ROWS,
+    SWEEP_TRIALS,
+    result_lr,
+    today_lr,
+    trial_file,
+)
 
 TASK_COLUMNS = {
     "sst": "SST acc",
@@ -223,13 +230,10 @@ def sweep_table(folder: Path) -> str:
         cells = []
         for v in row.sweep.values:
             f = sweep / trial_file(name, v)
-            r = json.loads(f.read_text()) if f.is_file() else {}
-            ok = r.get("status") == "ok" and r.get("split") == "validation"
-            cells.append(
-                f"{v:g}{'*' if v == today else ''}: "
-                + (f"{r['validation_mean']:.4f}" if ok else "not run")
-            )
-            swept += ok
+            r = json.loads(f.read_text()) if f.is_file() else None
+            state = trial_state(r, v)
+            cells.append(f"{v:g}{'*' if v == today else ''}: {state}")
+            swept += r is not None and state[0].isdigit()
         c = choices.get(name)
         chosen = "not chosen yet"
         if c:
@@ -239,9 +243,27 @@ def sweep_table(folder: Path) -> str:
     lines.append("")
     lines.append(
         f"{swept} of {trials} trials run; each trains on 90% of every training file and is "
-        "scored on the other 10% (seed 0); a row is chosen once its three trials have run."
+        f"scored on the other 10% (seed 0, {DEFAULT_BUDGET} micro-batches); a row is chosen "
+        f"once its {SWEEP_TRIALS} trials have run."
     )
     return "\n".join(lines)
+
+
+def trial_state(r: dict[str, Any] | None, value: float) -> str:
+    """A sweep trial's cell: its validation mean, or why there is none."""
+    if r is None:
+        return "not run"
+    if r.get("split") != "validation" or "validation_mean" not in r:
+        return "not scored on validation"
+    if r.get("status") != "ok":
+        return "failed"
+    if (
+        result_lr(r) != value
+        or r.get("seed") != 0
+        or r.get("budget", {}).get("micro_batches") != DEFAULT_BUDGET
+    ):
+        return "other settings"
+    return f"{r['validation_mean']:.4f}"
 
 
 def timing(folder: Path) -> str:
@@ -350,7 +372,8 @@ def describe_rows(folder: Path) -> str:
             parts.append(f"  replays the task plan of: {r.plan_from}")
         if r.annealed_epochs:
             parts.append(f"  sampler epochs within the budget: {r.annealed_epochs}")
-        values = ", ".join(f"{v:g}" + ("*" if v == today_lr(r) else "") for v in r.sweep.values)
+        today = today_lr(r)
+        values = ", ".join(f"{v:g}" + ("*" if v == today else "") for v in r.sweep.values)
         c = choices.get(r.name)
         chosen = f"chosen {c['chosen']:g} ({path})" if c else "not chosen yet: runs at *"
         parts.append(f"  sweep: {r.sweep.param} over {values} (* today's); {chosen}")
