@@ -399,6 +399,7 @@ def test_sweep_runs_every_trial_on_the_carve_and_later_runs_use_the_choice(tmp_p
             "seed": 0,
             "tasks": ["sst", "quora", "sts"],
             "data_dir": str((tmp_path / "runs" / "validation-data").resolve()),
+            "validation_split": {"fraction": 0.1, "seed": 0},
         }
         run.write_json(tmp_path / "res" / "sweep" / f"{name}-lr{lr:g}.json", r)
         return 0
@@ -429,6 +430,18 @@ def test_sweep_runs_every_trial_on_the_carve_and_later_runs_use_the_choice(tmp_p
     monkeypatch.setattr(run, "run_row", lambda name, ctx: ran.append(ctx.lr) or {"status": "ok"})
     assert run.main(["pal-full", "--tune", "--lr", "1e-4", "--skip-done", *common]) == 0
     assert ran == []
+    # a trial run in another checkout (its carve under that checkout's runs/) is done too;
+    # one carved otherwise is not
+    path = tmp_path / "res" / "sweep" / "pal-full-lr0.0001.json"
+    r = json.loads(path.read_text())
+    run.write_json(path, {**r, "data_dir": "/elsewhere/bench/accuracy/runs/validation-data"})
+    assert run.main(["pal-full", "--tune", "--lr", "1e-4", "--skip-done", *common]) == 0
+    assert ran == []
+    run.write_json(path, {**r, "validation_split": {"fraction": 0.2, "seed": 0}})
+    assert run.main(["pal-full", "--tune", "--lr", "1e-4", "--skip-done", *common]) == 0
+    assert ran == [1e-4]
+    run.write_json(path, r)
+    ran.clear()
     assert run.main(["pal-full", "--tune", "--lr", "7e-5", "--skip-done", *common]) == 0
     assert ran == [7e-5]
 

@@ -656,12 +656,17 @@ def done(path: Path, ctx: Context, lr: float | None = None) -> bool:
     if not path.is_file():
         return False
     r = json.loads(path.read_text())
+    same_data = r.get("data_dir") == str(ctx.data_dir)
+    if ctx.tune:  # the carve is the same rows wherever the checkout (and its runs/) is
+        same_data = Path(r.get("data_dir", "")).name == ctx.data_dir.name and r.get(
+            "validation_split"
+        ) == {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}
     return (
         r.get("status") == "ok"
         and r.get("budget", {}).get("micro_batches") == ctx.budget
         and r.get("seed") == ctx.seed
         and r.get("tasks") == list(ctx.tasks)
-        and r.get("data_dir") == str(ctx.data_dir)
+        and same_data
         and (lr is None or result_lr(r) == lr)
     )
 
