@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bench.accuracy import add_task, run
-from bench.accuracy.rows import ROWS
+from bench.accuracy.rows import ROWS, today_lr
 from palbert.recipe import recipe_from_dict
 
 
@@ -170,3 +170,29 @@ def test_the_add_task_recipe_is_the_setting_its_committed_measurement_ran():
     }
     recipe = yaml.safe_load((run.ROOT / "recipes" / "add_task.yaml").read_text())
     assert lrs == {recipe["optimizer"]["task_lr"]}
+
+
+def test_skip_done_keeps_a_measurement_only_while_every_variants_rate_stands(tmp_path):
+    ctx, root = _ctx(tmp_path), tmp_path / "res"
+
+    def recipe(variant: str) -> dict:
+        row = ROWS[add_task.RATE_ROW[variant]]
+        key = row.sweep.param.split(".")[1]
+        return {"optimizer": {key: today_lr(row)}}
+
+    measured = {
+        "budget": 600,
+        "data_dir": str(ctx.data_dir),
+        "quick": False,
+        "cases": {
+            c: {"variants": {v: {"recipe": recipe(v)} for v in add_task.VARIANTS}}
+            for c in add_task.CASES
+        },
+    }
+    run.write_json(add_task.results_path(root, ctx.seed), measured)
+    assert add_task.done(ctx, root)
+    assert not add_task.done(run.Context(**{**ctx.__dict__, "budget": 300}), root)
+    # pal-frozen's sweep chose another rate: the added and frozen-stock variants are stale
+    choice = {"param": "optimizer.task_lr", "chosen": 2e-3, "changed": True}
+    run.write_json(root / "sweep" / "choice.json", {"rows": {"pal-frozen": choice}})
+    assert not add_task.done(ctx, root)

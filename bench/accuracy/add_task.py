@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, set_path
+from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, get_path, set_path, today_lr
 
 if TYPE_CHECKING:  # run.py imports this module
     from bench.accuracy.run import Context
@@ -47,6 +47,39 @@ ORDER = (*TASKS, *OPTIONAL_TASKS)  # tasks in the quickstart's order, so the sam
 
 def results_path(root: Path, seed: int) -> Path:
     return root / "add-task" / f"seed-{seed}.json"
+
+
+# the table row whose chosen learning rate each variant trains at
+RATE_ROW = {
+    "added": "pal-frozen",
+    "multi-task": "pal-full-annealed",
+    "frozen-stock": "pal-frozen",
+    "separate": "separate",
+}
+
+
+def done(ctx: Context, root: Path) -> bool:
+    """A finished measurement of ``ctx``'s seed, budget and data exists, every variant of it
+    at the rate its table row has now (chosen by the sweep, or today's)."""
+    from bench.accuracy.run import chosen_lr
+
+    path = results_path(root, ctx.seed)
+    if not path.is_file():
+        return False
+    r = json.loads(path.read_text())
+    if (r.get("budget"), r.get("data_dir"), r.get("quick")) != (
+        ctx.budget,
+        str(ctx.data_dir),
+        ctx.quick,
+    ):
+        return False
+    for case in r.get("cases", {}).values():
+        for variant, v in case["variants"].items():
+            row = ROWS[RATE_ROW[variant]]
+            lr = chosen_lr(row, root)[0] or today_lr(row)
+            if get_path(v["recipe"], row.sweep.param) != lr:
+                return False
+    return set(r.get("cases", {})) == set(CASES)
 
 
 def multi_task_raw(tasks: tuple[str, ...], ctx: Context, root: Path) -> dict[str, Any]:
@@ -78,7 +111,7 @@ def single_raw(
     raw["eval"]["every"] = steps
     raw["data_dir"] = str(ctx.data_dir)
     raw["output_dir"] = str(ctx.runs / raw["name"])
-    row = ROWS["separate" if variant == "separate" else "pal-frozen"]
+    row = ROWS[RATE_ROW[variant]]
     if variant == "separate":
         raw["train"]["mode"] = "full"
         raw["module"] = {"kind": "none"}

@@ -8,7 +8,8 @@
 #      likely to move): its learning-rate sweep on the validation carve (three trials, then
 #      its choice in choice.json), then seeds 0, 1 and 2 at the chosen rate (seed 0 reruns
 #      only where the choice changed);
-#   2. the other four rows' sweeps, so every row gets its three trials.
+#   2. the added-task measurement (add_task.py) at those rows' chosen rates;
+#   3. the other four rows' sweeps, so every row gets its three trials.
 #   nohup nice -n 19 bash bench/accuracy/queue.sh > /tmp/accuracy-queue.log 2>&1 &
 #   echo 19 > /proc/$!/autogroup   # with autogroup scheduling on, nice ranks only within a session
 # Pausing it (kill -STOP / -CONT on its process group) changes no result: nothing in a run
@@ -57,6 +58,11 @@ for row in $SIX; do
   sweep_row "$row"
   seeds_row "$row"
 done
+# the added-task measurement at the chosen rates of pal-frozen, pal-full-annealed and
+# separate (it reruns only what those choices changed; about 80 minutes from nothing)
+python -m bench.accuracy.run add-task --skip-done --threads 2 --no-progress < /dev/null ||
+  stop "add-task"
+commit "add-task at the chosen learning rates"
 for row in $OTHERS; do
   sweep_row "$row"
 done

@@ -993,6 +993,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "sweep":
         return sweep(names, ctx, root, argv, args.skip_done)
     if args.what == "add-task":
+        if args.skip_done and add_task.done(ctx, root):
+            print(f"bench: {add_task.results_path(root, ctx.seed)} done already, skipped")
+            return 0
         add_task.run(ctx, root, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         print(add_task.table(root))
         return 0
