@@ -530,3 +530,13 @@ def test_the_docs_sweep_table_is_what_sweep_table_prints():
     """docs/benchmarks.md holds `run.py sweep-table` of the committed sweep results."""
     docs = (run.ROOT / "docs" / "benchmarks.md").read_text()
     assert report.sweep_table(run.RESULTS) in docs
+
+
+def test_the_table_says_whether_a_rows_rate_was_chosen_by_its_sweep():
+    chosen = {"tuning": {"value": 2e-3, "source": "/x/results/sweep/choice.json"}}
+    today = {"tuning": {"value": 2e-4, "source": "not swept: today's value"}}
+    group = {"lr": 2e-3, "param": "optimizer.task_lr", "results": [chosen, chosen]}
+    assert report.rate(group) == "`task_lr` 0.002 (chosen)"
+    group = {"lr": 2e-4, "param": "optimizer.task_lr", "results": [today, chosen]}
+    assert report.rate(group) == "`task_lr` 0.0002 (today's)"  # not every seed was chosen
+    assert report.rate({"lr": None, "param": None, "results": [{}]}) == "-"

@@ -151,6 +151,7 @@ def table(folder: Path) -> str:
         + [
             "dev mean",
             "seeds",
+            "learning rate",
             "trainable / task",
             "stored (x encoder)",
             "examples / task",
@@ -182,6 +183,7 @@ def table(folder: Path) -> str:
         cells += [
             f"**{dev}**" if mean["dev_mean"] == best else dev,
             str(g["n"]),
+            rate(g),
             millions(mean_trainable(rs[0])),
             f"{rs[0]['params']['stored_multiple']:.3f}",
             " / ".join(f"{ex[t]:.0f}" if t in g["tasks"] else "-" for t in tasks),
@@ -204,13 +206,29 @@ def table(folder: Path) -> str:
         f"({first['machine']['platform']}). Dev mean: the mean of the tasks' primary metrics (best in bold). "
         "Trainable / task: the mean over tasks of what one task trains (encoder included where "
         "it is fine-tuned); stored: encoder(s) plus all task modules over one encoder, heads "
-        "excluded. Settings: bench/accuracy/rows.py and recipes/quickstart.yaml.",
+        "excluded. Learning rate: the one each row sweeps (encoder `lr` or task-module "
+        "`task_lr`), chosen by its sweep on a validation split or still today's. Settings: "
+        "bench/accuracy/rows.py and recipes/quickstart.yaml.",
     ]
     if len(budgets) > 1:
         lines.append("**Warning: the rows ran with different budgets.**")
     if any(r.get("quick") for r in done):
         lines.append("**Quick smoke-test results (--quick): not a measurement.**")
     return "\n".join(lines + notes)
+
+
+def tuned(g: dict[str, Any]) -> bool:
+    """Whether a row's seeds ran at a rate its sweep chose (``choice.json``)."""
+    return all(r.get("tuning", {}).get("source", "").endswith("choice.json") for r in g["results"])
+
+
+def rate(g: dict[str, Any]) -> str:
+    """The table's learning-rate cell: the swept key, its value, chosen or today's."""
+    if g["lr"] is None:
+        return "-"
+    key = (g["param"] or "").rsplit(".", 1)[-1]
+    how = "chosen" if tuned(g) else "today's"
+    return f"`{key}` {g['lr']:g} ({how})"
 
 
 def sweep_table(folder: Path) -> str:
@@ -328,7 +346,9 @@ def plot(folder: Path, out: Path) -> Path:
                 ly = py + gap
         placed.append((x, ly))
         ax.annotate(
-            g["label"] + (f" (n={g['n']})" if g["n"] > 1 else ""),
+            g["label"]
+            + (f" (n={g['n']})" if g["n"] > 1 else "")
+            + (f", {rate(g).replace('`', '')}" if tuned(g) else ""),
             (x, y),
             xytext=(x * 1.12, ly),
             fontsize=8,
