@@ -540,3 +540,17 @@ def test_the_table_says_whether_a_rows_rate_was_chosen_by_its_sweep():
     group = {"lr": 2e-4, "param": "optimizer.task_lr", "results": [today, chosen]}
     assert report.rate(group) == "`task_lr` 0.0002 (today's)"  # not every seed was chosen
     assert report.rate({"lr": None, "param": None, "results": [{}]}) == "-"
+
+
+def test_the_readmes_quickstart_table_is_seed_0_of_its_two_rows():
+    """README.md's first table: the quickstart (`pal-full-annealed`) and separate models, seed
+    0 as committed (a rerun at a newly chosen rate moves the README with it)."""
+    readme = (run.ROOT / "README.md").read_text()
+    for label, row in (
+        ("quickstart (one encoder + 3 PALs)", "pal-full-annealed"),
+        ("three separately fine-tuned MiniLMs, same examples", "separate"),
+    ):
+        r = json.loads((run.RESULTS / f"{row}.json").read_text())
+        p, stored = r["dev_primary"], round(r["params"]["stored_multiple"], 2)
+        line = f"| {label} | {p['sst']:.3f} | {p['quora']:.3f} | {p['sts']:.3f} | {stored:g} x"
+        assert line in readme, line
