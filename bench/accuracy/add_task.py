@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, get_path, set_path, today_lr
+from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, get_path, set_path
 
 if TYPE_CHECKING:  # run.py imports this module
     from bench.accuracy.run import Context
@@ -61,7 +61,7 @@ RATE_ROW = {
 def done(ctx: Context, root: Path) -> bool:
     """A finished measurement of ``ctx``'s seed, budget and data exists, every variant of it
     at the rate its table row has now (chosen by the sweep, or today's)."""
-    from bench.accuracy.run import chosen_lr
+    from bench.accuracy.run import row_lr
 
     path = results_path(root, ctx.seed)
     if not path.is_file():
@@ -76,8 +76,7 @@ def done(ctx: Context, root: Path) -> bool:
     for case in r.get("cases", {}).values():
         for variant, v in case["variants"].items():
             row = ROWS[RATE_ROW[variant]]
-            lr = chosen_lr(row, root)[0] or today_lr(row)
-            if get_path(v["recipe"], row.sweep.param) != lr:
+            if get_path(v["recipe"], row.sweep.param) != row_lr(row, root):
                 return False
     return set(r.get("cases", {})) == set(CASES)
 

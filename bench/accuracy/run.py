@@ -783,6 +783,12 @@ def chosen_lr(row: Row, root: Path) -> tuple[float | None, str]:
     return choice["chosen"], str(path)
 
 
+def row_lr(row: Row, root: Path) -> float:
+    """The rate a row runs at now: its sweep's choice, else today's."""
+    lr = chosen_lr(row, root)[0]
+    return lr if lr is not None else today_lr(row)
+
+
 # -- quick data ---------------------------------------------------------------------------
 
 
@@ -994,7 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
         return sweep(names, ctx, root, argv, args.skip_done)
     if args.what == "add-task":
         if args.skip_done and add_task.done(ctx, root):
-            print(f"bench: {add_task.results_path(root, ctx.seed)} done already, skipped")
+            path = add_task.results_path(root, ctx.seed)
+            print(f"bench: {path} done already, skipped", file=sys.stderr)
             return 0
         add_task.run(ctx, root, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         print(add_task.table(root))
@@ -1003,9 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = []
         forwarded = forward(argv, ("all", "--skip-done"), ("--only",))
         for name in names:
-            lr = chosen_lr(get_row(name), root)[0]
-            lr = lr if lr is not None else today_lr(get_row(name))
-            if args.skip_done and done(results / f"{name}.json", ctx, lr):
+            if args.skip_done and done(results / f"{name}.json", ctx, row_lr(get_row(name), root)):
                 print(f"bench: {name} done already, skipped", file=sys.stderr)
                 continue
             if child([name, *forwarded]) != 0:

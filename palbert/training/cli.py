@@ -23,9 +23,8 @@ def _train(args: argparse.Namespace) -> int:
     from palbert.training.run import train
 
     allow_data_change = args.allow_data_change or ALLOW_FLAG in args.overrides
-    resume = args.resume
     try:
-        overrides, resume, no_progress = _split_rest(args.overrides, resume, args.no_progress)
+        overrides, resume, no_progress = _split_rest(args.overrides, args.resume, args.no_progress)
         # `--resume key=value` is an override after a bare --resume, not a run folder
         if isinstance(resume, str) and "=" in resume and not Path(resume).is_dir():
             overrides.insert(0, resume)
