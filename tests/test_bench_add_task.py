@@ -196,3 +196,17 @@ def test_skip_done_keeps_a_measurement_only_while_every_variants_rate_stands(tmp
     choice = {"param": "optimizer.task_lr", "chosen": 2e-3, "changed": True}
     run.write_json(root / "sweep" / "choice.json", {"rows": {"pal-frozen": choice}})
     assert not add_task.done(ctx, root)
+
+
+def test_the_queue_runs_the_added_task_after_the_rows_whose_rates_it_reads():
+    """queue.sh chooses and seeds pal-frozen, pal-full-annealed and separate before add-task
+    (it trains at their chosen rates), then the issue's other rows: each row once."""
+    script = (run.ROOT / "bench" / "accuracy" / "queue.sh").read_text()
+    lists = {
+        name: script.split(f'{name}="', 1)[1].split('"', 1)[0].split()
+        for name in ("SIX_FIRST", "SIX_THEN", "OTHERS")
+    }
+    assert set(add_task.RATE_ROW.values()) <= set(lists["SIX_FIRST"])
+    assert sorted(sum(lists.values(), [])) == sorted(ROWS)
+    first, add, then = (script.index(s) for s in ("$SIX_FIRST;", "run add-task", "$SIX_THEN;"))
+    assert first < add < then

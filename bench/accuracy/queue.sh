@@ -8,7 +8,8 @@
 #      likely to move): its learning-rate sweep on the validation carve (three trials, then
 #      its choice in choice.json), then seeds 0, 1 and 2 at the chosen rate (seed 0 reruns
 #      only where the choice changed);
-#   2. the added-task measurement (add_task.py) at those rows' chosen rates;
+#   2. the added-task measurement (add_task.py), as soon as the three rows whose rates it
+#      trains at (add_task.RATE_ROW: pal-frozen, pal-full-annealed, separate) are chosen;
 #   3. the other four rows' sweeps, so every row gets its three trials.
 #   nohup nice -n 19 bash bench/accuracy/queue.sh > /tmp/accuracy-queue.log 2>&1 &
 #   echo 19 > /proc/$!/autogroup   # with autogroup scheduling on, nice ranks only within a session
@@ -17,7 +18,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 stop() { echo "queue.sh: stopped: $1" >&2; exit 1; }  # a failed run is looked at, not skipped
-SIX="pal-frozen peft-lora pal-full-annealed separate pal-full shared"
+# the issue's six rows, split where the added-task measurement has all it needs
+SIX_FIRST="pal-frozen peft-lora pal-full-annealed separate"
+SIX_THEN="pal-full shared"
 OTHERS="palbert-adapters palbert-low-rank adapterhub shared-pcgrad"
 
 commit() {  # $1: what ran; the index may be locked by other git work for a moment
@@ -54,7 +57,7 @@ seeds_row() {  # $1: a row; seeds 0, 1 and 2 at its chosen rate
   done
 }
 
-for row in $SIX; do
+for row in $SIX_FIRST; do
   sweep_row "$row"
   seeds_row "$row"
 done
@@ -63,6 +66,10 @@ done
 python -m bench.accuracy.run add-task --skip-done --threads 2 --no-progress < /dev/null ||
   stop "add-task"
 commit "add-task at the chosen learning rates"
+for row in $SIX_THEN; do
+  sweep_row "$row"
+  seeds_row "$row"
+done
 for row in $OTHERS; do
   sweep_row "$row"
 done
