@@ -3,6 +3,7 @@ table and the plot. Two rows for two steps on the first rows of each file (--qui
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -172,11 +173,14 @@ def test_two_rows_two_steps_json_table_and_plot(data_dir, tmp_path, monkeypatch)
 
 
 def test_the_quickstart_is_the_annealed_pal_row(tmp_path):
-    """recipes/quickstart.yaml trains exactly what the table's winning PAL row trains; only
-    where the run goes, how often it logs and the data folder differ."""
+    """recipes/quickstart.yaml trains exactly what the table's winning PAL row trains at the
+    rate its sweep chose (issue 22: the quickstart follows the choice); only where the run
+    goes, how often it logs and the data folder differ."""
     from palbert.recipe import load_recipe, recipe_from_dict
 
-    row = recipe_from_dict(run.palbert_raw(get_row("pal-full-annealed"), _ctx(tmp_path), None))
+    annealed = get_row("pal-full-annealed")
+    ctx = dataclasses.replace(_ctx(tmp_path), lr=run.row_lr(annealed, run.RESULTS))
+    row = recipe_from_dict(run.palbert_raw(annealed, ctx, None))
     quick = load_recipe(run.BASE_RECIPE)
     differ = ("name", "output_dir", "data_dir")
     a, b = row.to_dict(), quick.to_dict()

@@ -101,7 +101,7 @@ class Context:
     quick: bool
     progress: bool
     command: str = ""
-    lr: float | None = None  # the row's swept learning rate (None: the recipe's, today's)
+    lr: float | None = None  # the row's swept learning rate (None: today's)
     lr_source: str = "not swept: today's value"
     tune: bool = False  # a sweep trial: data_dir is the validation carve, scores not dev
 
@@ -110,10 +110,10 @@ class Context:
 
 
 def row_raw(row: Row, ctx: Context) -> dict[str, Any]:
-    """The row's settings on the quickstart, with its swept learning rate if one is set."""
+    """The row's settings on the quickstart, at the swept learning rate ``ctx.lr`` (None:
+    today's, whatever the quickstart now runs at)."""
     raw = deep_merge(base_raw(ctx), row.recipe)
-    if ctx.lr is not None:
-        set_path(raw, row.sweep.param, ctx.lr)
+    set_path(raw, row.sweep.param, ctx.lr if ctx.lr is not None else today_lr(row))
     return raw
 
 
