@@ -83,11 +83,11 @@ def done(ctx: Context, root: Path) -> bool:
 
 def multi_task_raw(tasks: tuple[str, ...], ctx: Context, root: Path) -> dict[str, Any]:
     """The quickstart (the ``pal-full-annealed`` row, at its chosen lr) on ``tasks``."""
-    from bench.accuracy.run import chosen_lr, palbert_raw
+    from bench.accuracy.run import palbert_raw, row_lr
 
     row = ROWS["pal-full-annealed"]
     tasks = tuple(t for t in ORDER if t in tasks)
-    c = dataclasses.replace(ctx, tasks=list(tasks), lr=chosen_lr(row, root)[0])
+    c = dataclasses.replace(ctx, tasks=list(tasks), lr=row_lr(row, root))
     raw = palbert_raw(row, c, {})  # sizes: only the round-robin rows read them
     raw["name"] = "add-task-" + "-".join(tasks)
     raw["output_dir"] = str(ctx.runs / raw["name"])
@@ -99,7 +99,7 @@ def single_raw(
 ) -> dict[str, Any]:
     """``recipes/add_task.yaml`` for one task: frozen PAL on ``backbone``, or (``separate``)
     the encoder fine-tuned alone without a PAL; each at its table row's chosen lr."""
-    from bench.accuracy.run import base_raw, chosen_lr
+    from bench.accuracy.run import base_raw, row_lr
 
     raw = yaml.safe_load(RECIPE.read_text())
     raw["name"] = f"add-task-{task}-{variant}"
@@ -114,9 +114,7 @@ def single_raw(
     if variant == "separate":
         raw["train"]["mode"] = "full"
         raw["module"] = {"kind": "none"}
-    lr = chosen_lr(row, root)[0]
-    if lr is not None:
-        set_path(raw, row.sweep.param, lr)
+    set_path(raw, row.sweep.param, row_lr(row, root))
     return raw
 
 
