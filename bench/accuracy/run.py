@@ -61,6 +61,7 @@ from bench.accuracy.rows import (
     ROWS,
     SWEEP_TRIALS,
     TASKS,
+    TODAY,
     Row,
     deep_merge,
     get_path,
@@ -110,10 +111,14 @@ class Context:
 
 
 def row_raw(row: Row, ctx: Context) -> dict[str, Any]:
-    """The row's settings on the quickstart, at the swept learning rate ``ctx.lr`` (None:
-    today's, whatever the quickstart now runs at)."""
-    raw = deep_merge(base_raw(ctx), row.recipe)
-    set_path(raw, row.sweep.param, ctx.lr if ctx.lr is not None else today_lr(row))
+    """The row's settings on the quickstart at today's learning rates (``rows.TODAY``, not
+    the quickstart's), the swept one at ``ctx.lr`` where set."""
+    base = base_raw(ctx)
+    for key, value in TODAY.items():
+        set_path(base, key, value)
+    raw = deep_merge(base, row.recipe)
+    if ctx.lr is not None:
+        set_path(raw, row.sweep.param, ctx.lr)
     return raw
 
 
