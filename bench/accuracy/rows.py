@@ -66,10 +66,6 @@ class Sweep:
     param: str
     values: tuple[float, ...]
 
-    @property
-    def today(self) -> float:
-        return TODAY[self.param]
-
 
 # Rows that fine-tune the encoder tune the encoder lr: today's 5e-5, halved and doubled.
 ENCODER_LR = Sweep("optimizer.lr", (2.5e-5, 5e-5, 1e-4))
@@ -232,7 +228,7 @@ def result_lr(result: dict[str, Any]) -> float | None:
 
 def today_lr(row: Row) -> float:
     """The row's swept learning rate before any sweep (one of its sweep values)."""
-    return row.sweep.today
+    return TODAY[row.sweep.param]
 
 
 def trial_file(name: str, value: float) -> str:
