@@ -10,7 +10,8 @@
 #      only where the choice changed);
 #   2. the added-task measurement (add_task.py), as soon as the three rows whose rates it
 #      trains at (add_task.RATE_ROW: pal-frozen, pal-full-annealed, separate) are chosen;
-#   3. the other four rows' sweeps, so every row gets its three trials.
+#   3. the other four rows' sweeps, so every row gets its three trials, each followed by its
+#      seed 0 at the choice; then their seeds 1 and 2.
 #   nohup nice -n 19 bash bench/accuracy/queue.sh > /tmp/accuracy-queue.log 2>&1 &
 #   echo 19 > /proc/$!/autogroup   # with autogroup scheduling on, nice ranks only within a session
 # Pausing it (kill -STOP / -CONT on its process group) changes no result: nothing in a run
@@ -49,11 +50,14 @@ sweep_row() {  # $1: a row; its trials one by one (a machine lost mid-row keeps 
   commit "$1's learning-rate choice from its sweep"
 }
 
-seeds_row() {  # $1: a row; seeds 0, 1 and 2 at its chosen rate
-  for seed in 0 1 2; do
-    python -m bench.accuracy.run all --only "$1" --seed "$seed" --skip-done --threads 2 \
-      --no-progress < /dev/null || stop "all --only $1 --seed $seed"
-    commit "$1 seed $seed at its chosen learning rate"
+seeds_row() {  # $1: a row; the seeds after it (default 0 1 2), each at the row's chosen rate
+  local row=$1 seed
+  shift
+  (( $# )) || set -- 0 1 2
+  for seed in "$@"; do
+    python -m bench.accuracy.run all --only "$row" --seed "$seed" --skip-done --threads 2 \
+      --no-progress < /dev/null || stop "all --only $row --seed $seed"
+    commit "$row seed $seed at its chosen learning rate"
   done
 }
 
@@ -62,7 +66,7 @@ for row in $SIX_FIRST; do
   seeds_row "$row"
 done
 # the added-task measurement at the chosen rates of pal-frozen, pal-full-annealed and
-# separate (it reruns only what those choices changed; about 80 minutes from nothing)
+# separate (it reruns only what those choices changed; 41 minutes alone from nothing)
 python -m bench.accuracy.run add-task --skip-done --threads 2 --no-progress < /dev/null ||
   stop "add-task"
 commit "add-task at the chosen learning rates"
@@ -70,6 +74,12 @@ for row in $SIX_THEN; do
   sweep_row "$row"
   seeds_row "$row"
 done
+# the other four: the sweep and seed 0 at the choice first, so every row of the table runs at
+# a chosen rate, then their seeds 1 and 2
 for row in $OTHERS; do
   sweep_row "$row"
+  seeds_row "$row" 0
+done
+for row in $OTHERS; do
+  seeds_row "$row" 1 2
 done
