@@ -536,14 +536,32 @@ def test_the_docs_sweep_table_is_what_sweep_table_prints():
     assert report.sweep_table(run.RESULTS) in docs
 
 
-def test_the_table_says_whether_a_rows_rate_was_chosen_by_its_sweep():
-    chosen = {"tuning": {"value": 2e-3, "source": "/x/results/sweep/choice.json"}}
-    today = {"tuning": {"value": 2e-4, "source": "not swept: today's value"}}
-    group = {"lr": 2e-3, "param": "optimizer.task_lr", "results": [chosen, chosen]}
-    assert report.rate(group) == "`task_lr` 0.002 (chosen)"
-    group = {"lr": 2e-4, "param": "optimizer.task_lr", "results": [today, chosen]}
-    assert report.rate(group) == "`task_lr` 0.0002 (today's)"  # not every seed was chosen
-    assert report.rate({"lr": None, "param": None, "results": [{}]}) == "-"
+def test_the_table_says_whether_a_rows_rate_was_chosen_by_its_sweep(tmp_path):
+    """A row's figure is at its chosen rate when its seeds ran at the value choice.json holds
+    for it, including a choice that kept today's value (seeds from before the sweep count)."""
+    for seed in (0, 1):
+        folder = tmp_path / (f"seed-{seed}" if seed else "")
+        run.write_json(folder / "pal-frozen.json", _result("pal-frozen", seed, (0.4,) * 3))
+        run.write_json(folder / "peft-lora.json", _result("peft-lora", seed, (0.4,) * 3))
+        run.write_json(folder / "pal-full.json", _result("pal-full", seed, (0.4,) * 3))
+
+    def rates():
+        return {g["row"]: report.rate(g) for g in report.seed_groups(tmp_path)}
+
+    assert set(rates().values()) == {"`task_lr` 0.0002 (today's)", "`lr` 5e-05 (today's)"}
+    keep = {"param": "optimizer.lr", "chosen": 5e-5, "changed": False}
+    move = {"param": "optimizer.task_lr", "chosen": 2e-3, "changed": True}
+    run.write_json(run.choice_path(tmp_path), {"rows": {"pal-full": keep, "pal-frozen": move}})
+    assert rates() == {
+        "pal-full": "`lr` 5e-05 (chosen)",  # today's value, kept by the sweep
+        "pal-frozen": "`task_lr` 0.0002 (today's)",  # not yet rerun at the choice
+        "peft-lora": "`task_lr` 0.0002 (today's)",  # not swept
+    }
+    run.write_json(tmp_path / "pal-frozen.json", _result("pal-frozen", 0, (0.4,) * 3, lr=2e-3))
+    labels = {g.get("label", g["row"]): report.rate(g) for g in report.seed_groups(tmp_path)}
+    assert labels["pal-frozen (optimizer.task_lr 0.002)"] == "`task_lr` 0.002 (chosen)"
+    assert labels["pal-frozen (optimizer.task_lr 0.0002)"] == "`task_lr` 0.0002 (today's)"
+    assert report.rate({"lr": None, "param": None, "tuned": False}) == "-"
 
 
 def test_the_readmes_quickstart_table_is_seed_0_of_its_two_rows():

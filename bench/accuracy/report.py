@@ -18,6 +18,8 @@ from bench.accuracy.rows import (
     DEFAULT_BUDGET,
     ROWS,
     SWEEP_TRIALS,
+    choice_path,
+    choices,
     result_lr,
     today_lr,
     trial_file,
@@ -72,6 +74,7 @@ def seed_groups(folder: Path) -> list[dict[str, Any]]:
                 raise SystemExit(f"{path}: seed {r.get('seed')} in a folder of seed {seed}")
             by_row.setdefault(r["row"], {})[seed] = (path, r)
     order = [n for n in ROWS if n in by_row] + sorted(n for n in by_row if n not in ROWS)
+    chosen = {name: c["chosen"] for name, c in choices(folder).items()}
     out = []
     for name in order:
         seeds = by_row[name]
@@ -98,6 +101,9 @@ def seed_groups(folder: Path) -> list[dict[str, Any]]:
                     "row": name,
                     "lr": lr,
                     "param": ROWS[name].sweep.param if name in ROWS else None,
+                    # at the rate the row's sweep chose (a choice may keep today's value,
+                    # and so cover seeds that ran before the sweep)
+                    "tuned": lr is not None and chosen.get(name) == lr,
                     "tasks": tasks,
                     "seeds": sorted(members),
                     "n": len(members),
@@ -217,17 +223,12 @@ def table(folder: Path) -> str:
     return "\n".join(lines + notes)
 
 
-def tuned(g: dict[str, Any]) -> bool:
-    """Whether a row's seeds ran at a rate its sweep chose (``choice.json``)."""
-    return all(r.get("tuning", {}).get("source", "").endswith("choice.json") for r in g["results"])
-
-
 def rate(g: dict[str, Any]) -> str:
     """The table's learning-rate cell: the swept key, its value, chosen or today's."""
     if g["lr"] is None:
         return "-"
     key = (g["param"] or "").rsplit(".", 1)[-1]
-    how = "chosen" if tuned(g) else "today's"
+    how = "chosen" if g["tuned"] else "today's"
     return f"`{key}` {g['lr']:g} ({how})"
 
 
@@ -236,8 +237,7 @@ def sweep_table(folder: Path) -> str:
     dev) of every trial that finished in ``folder/sweep/``, today's value marked, and the
     choice once all three have run (``choice.json``). What ``run.py sweep-table`` prints."""
     sweep = Path(folder) / "sweep"
-    path = sweep / "choice.json"
-    choices = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    chosen_rows = choices(Path(folder))
     lines = [
         "| row | swept | validation mean per trial (* today's value) | chosen |",
         "|---|---|---|---|",
@@ -252,7 +252,7 @@ def sweep_table(folder: Path) -> str:
             state = trial_state(r, v)
             cells.append(f"{v:g}{'*' if v == today else ''}: {state}")
             swept += r is not None and state[0].isdigit()
-        c = choices.get(name)
+        c = chosen_rows.get(name)
         chosen = "not chosen yet"
         if c:
             chosen = f"{c['chosen']:g}" + (" (changed)" if c["changed"] else " (today's)")
@@ -348,7 +348,7 @@ def plot(folder: Path, out: Path) -> Path:
         ax.annotate(
             g["label"]
             + (f" (n={g['n']})" if g["n"] > 1 else "")
-            + (f", {rate(g).replace('`', '')}" if tuned(g) else ""),
+            + (f", {rate(g).replace('`', '')}" if g["tuned"] else ""),
             (x, y),
             xytext=(x * 1.12, ly),
             fontsize=8,
@@ -379,8 +379,7 @@ def plot(folder: Path, out: Path) -> Path:
 def describe_rows(folder: Path) -> str:
     """Each row's settings on top of recipes/quickstart.yaml, its sweep (rows.py) and the
     choice of it in ``folder/sweep/choice.json``."""
-    path = Path(folder) / "sweep" / "choice.json"
-    choices = json.loads(path.read_text())["rows"] if path.is_file() else {}
+    path, chosen_rows = choice_path(Path(folder)), choices(Path(folder))
     out = []
     for r in ROWS.values():
         parts = [f"{r.name}: {r.title}", f"  runner: {r.runner}"]
@@ -394,7 +393,7 @@ def describe_rows(folder: Path) -> str:
             parts.append(f"  sampler epochs within the budget: {r.annealed_epochs}")
         today = today_lr(r)
         values = ", ".join(f"{v:g}" + ("*" if v == today else "") for v in r.sweep.values)
-        c = choices.get(r.name)
+        c = chosen_rows.get(r.name)
         chosen = f"chosen {c['chosen']:g} ({path})" if c else "not chosen yet: runs at *"
         parts.append(f"  sweep: {r.sweep.param} over {values} (* today's); {chosen}")
         out.append("\n".join(parts))

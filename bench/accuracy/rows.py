@@ -32,6 +32,7 @@ the training files (``run.py sweep``); the best validation mean is the row's cho
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,18 @@ def result_lr(result: dict[str, Any]) -> float | None:
 def today_lr(row: Row) -> float:
     """The row's swept learning rate before any sweep (one of its sweep values)."""
     return TODAY[row.sweep.param]
+
+
+def choice_path(root: Path) -> Path:
+    """Where the sweep's choices go: ``results/sweep/choice.json``."""
+    return root / "sweep" / "choice.json"
+
+
+def choices(root: Path) -> dict[str, dict[str, Any]]:
+    """Each chosen row's entry in ``choice.json`` (its ``param``, ``chosen`` value, ...);
+    empty before any row is chosen."""
+    path = choice_path(root)
+    return json.loads(path.read_text())["rows"] if path.is_file() else {}
 
 
 def trial_file(name: str, value: float) -> str:

@@ -63,6 +63,8 @@ from bench.accuracy.rows import (
     TASKS,
     TODAY,
     Row,
+    choice_path,
+    choices,
     deep_merge,
     get_path,
     get_row,
@@ -767,20 +769,13 @@ def choose(row: Row, trials: dict[float, dict[str, Any]], default: float) -> dic
     }
 
 
-def choice_path(root: Path) -> Path:
-    """Where the sweep's choices go: ``results/sweep/choice.json``."""
-    return root / "sweep" / "choice.json"
-
-
 def chosen_lr(row: Row, root: Path) -> tuple[float | None, str]:
     """The row's learning rate chosen by the sweep and where it comes from; (None, reason)
     while the row has not been swept (the recipe's value, today's, is used)."""
-    path = choice_path(root)
-    if not path.is_file():
-        return None, "not swept: today's value"
-    choice = json.loads(path.read_text()).get("rows", {}).get(row.name)
+    choice = choices(root).get(row.name)
     if choice is None:
         return None, "not swept: today's value"
+    path = choice_path(root)
     if choice["param"] != row.sweep.param:
         raise SystemExit(
             f"{path}: row {row.name!r} swept {choice['param']}, rows.py says {row.sweep.param}"
@@ -1054,7 +1049,7 @@ def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done
         if child([name, "--tune", "--lr", f"{lr!r}", *rest]) != 0:
             failed.append(f"{name} at {lr:g}")
     path = choice_path(root)
-    choices = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+    chosen = choices(root)
     for name in names:
         row = get_row(name)
         files = {
@@ -1065,16 +1060,16 @@ def sweep(names: list[str], ctx: Context, root: Path, argv: list[str], skip_done
         # carve (a trial left from another budget does not count)
         if all(done(f, dataclasses.replace(ctx, lr=lr), lr) for lr, f in files.items()):
             trials = {lr: json.loads(f.read_text()) for lr, f in files.items()}
-            choices["rows"][name] = {
+            chosen[name] = {
                 **choose(row, trials, today_lr(row)),
                 "seed": ctx.seed,
                 "budget": ctx.budget,
                 "trials": [str(f) for f in files.values()],
             }
-    choices["validation"] = {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}
-    write_json(path, choices)
+    validation = {"fraction": CARVE_FRACTION, "seed": CARVE_SEED}
+    write_json(path, {"rows": chosen, "validation": validation})
     for name in names:
-        c = choices["rows"].get(name)
+        c = chosen.get(name)
         if c:
             means = ", ".join(f"{v}: {m:.4f}" for v, m in c["validation_mean"].items())
             print(
