@@ -151,6 +151,14 @@ def test_two_rows_two_steps_json_table_and_plot(data_dir, tmp_path, monkeypatch)
     assert run.main(["adapterhub", *common]) == 1
     hub = json.loads((results / "adapterhub.json").read_text())
     assert hub["status"] == "failed" and "ResolutionImpossible" in hub["error"]
+    # a rerun that fails never replaces a finished result: its JSON goes to failed/
+    finished = (results / "pal-frozen.json").read_bytes()
+    monkeypatch.setitem(run.RUNNERS, "palbert", lambda *a: (_ for _ in ()).throw(OSError("x")))
+    assert run.main(["pal-frozen", *common]) == 1
+    assert (results / "pal-frozen.json").read_bytes() == finished
+    assert json.loads((results / "failed" / "pal-frozen.json").read_text())["status"] == "failed"
+    with pytest.raises(SystemExit, match="--dry-run goes with sweep"):
+        run.main(["all", "--dry-run", *common])
 
     text = report.table(results)
     lines = text.splitlines()

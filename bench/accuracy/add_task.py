@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, TODAY, get_path, set_path
+from bench.accuracy.rows import OPTIONAL_TASKS, ROOT, ROWS, TASKS, at_rates, get_path
 
 if TYPE_CHECKING:  # run.py imports this module
     from bench.accuracy.run import Context
@@ -114,11 +114,7 @@ def single_raw(
     if variant == "separate":
         raw["train"]["mode"] = "full"
         raw["module"] = {"kind": "none"}
-    # the table's rates, as its rows get them: today's, the row's swept one at its choice
-    for key, value in TODAY.items():
-        set_path(raw, key, value)
-    set_path(raw, row.sweep.param, row_lr(row, root))
-    return raw
+    return at_rates(raw, row, row_lr(row, root))  # the rates the table's row trains at
 
 
 def run_or_reuse(raw: dict[str, Any], ctx: Context) -> dict[str, Any]:

@@ -227,6 +227,16 @@ def result_lr(result: dict[str, Any]) -> float | None:
     return get_path(recipe, row.sweep.param)
 
 
+def at_rates(raw: dict[str, Any], row: Row, lr: float | None) -> dict[str, Any]:
+    """``raw`` (a recipe as data) at the rates a row trains at, in place: today's
+    (``TODAY``), the row's swept one at ``lr`` where given."""
+    for key, value in TODAY.items():
+        set_path(raw, key, value)
+    if lr is not None:
+        set_path(raw, row.sweep.param, lr)
+    return raw
+
+
 def today_lr(row: Row) -> float:
     """The row's swept learning rate before any sweep (one of its sweep values)."""
     return TODAY[row.sweep.param]

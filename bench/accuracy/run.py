@@ -61,15 +61,14 @@ from bench.accuracy.rows import (
     ROWS,
     SWEEP_TRIALS,
     TASKS,
-    TODAY,
     Row,
+    at_rates,
     choice_path,
     choices,
     deep_merge,
     get_path,
     get_row,
     result_lr,
-    set_path,
     today_lr,
     trial_file,
 )
@@ -115,13 +114,7 @@ class Context:
 def row_raw(row: Row, ctx: Context) -> dict[str, Any]:
     """The row's settings on the quickstart at today's learning rates (``rows.TODAY``, not
     the quickstart's), the swept one at ``ctx.lr`` where set."""
-    base = base_raw(ctx)
-    for key, value in TODAY.items():
-        set_path(base, key, value)
-    raw = deep_merge(base, row.recipe)
-    if ctx.lr is not None:
-        set_path(raw, row.sweep.param, ctx.lr)
-    return raw
+    return at_rates(deep_merge(base_raw(ctx), row.recipe), row, ctx.lr)
 
 
 def base_raw(ctx: Context) -> dict[str, Any]:
@@ -623,6 +616,8 @@ def run_row(name: str, ctx: Context) -> dict[str, Any]:
             "error": msg,
             "wall_s": round(time.perf_counter() - t0, 1),
         }
+        if path.is_file() and json.loads(path.read_text()).get("status") == "ok":
+            path = path.parent / "failed" / path.name  # a failed rerun keeps the finished result
         write_json(path, result)
         print(f"bench: row {row.name} FAILED; reason in {path}:\n{msg}", file=sys.stderr)
         return result
@@ -771,7 +766,7 @@ def choose(row: Row, trials: dict[float, dict[str, Any]], default: float) -> dic
 
 def chosen_lr(row: Row, root: Path) -> tuple[float | None, str]:
     """The row's learning rate chosen by the sweep and where it comes from; (None, reason)
-    while the row has not been swept (the recipe's value, today's, is used)."""
+    while the row has not been swept (today's, ``rows.TODAY``, is used)."""
     choice = choices(root).get(row.name)
     if choice is None:
         return None, "not swept: today's value"
@@ -954,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.only.split(",")] if args.only else list(ROWS)
     for name in names:
         get_row(name)  # an unknown name stops here, before any run
+    if args.dry_run and args.what != "sweep":
+        raise SystemExit("--dry-run goes with sweep (it lists the trials); other commands run")
     if args.what == "sweep" and args.dry_run:
         rest = forward(argv, ("sweep", "--dry-run", "--skip-done"), ("--only",))
         plan = sweep_plan(names)
